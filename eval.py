@@ -1,0 +1,306 @@
+"""
+Evaluation of a model with forking tags: Pass@1, native Cons@N, Cons@k, Pass@k, per-tag statistics,
+and for the synthetic task the tags x strategies table, purity and distinct strategies.
+
+Protocol (the paper's, reference/paper.md §9-10): sample at temperature 0.7, top_p 0.95.
+- pass@1: mean accuracy of the <think1> samples; pass@1_tag: the same for the tag chosen by
+  coverage (the tag used by the most distinct sources, i.e. strategies, in greedy decoding).
+- cons@N (native): each group of samples holds one sample per tag; majority vote per group
+  (ties go to the answer seen first, in tag order), scored 0/1 and averaged over groups.
+- cons@k: the first k samples in round-robin tag order (group-major), majority vote.
+- pass@k: 1 - C(n-c, k) / C(n, k) over all n = N * groups samples of a question (unbiased).
+- per_tag: accuracy and mean length in tokens of each tag's samples.
+- Synthetic task only: `table` counts tags x strategies over the samples; purity is the share of
+  samples whose strategy is their tag's most common one (no strategy counts as one more kind);
+  distinct is the mean number of different strategies per question across the N tags under greedy
+  decoding (distinct_sampled: across one group of samples). purity_greedy and table_greedy are the
+  greedy counterparts.
+
+    python eval.py --model out/ssft --data synthetic --num-tags 6 --samples 4 --out eval.json
+    python eval.py --model Qwen2.5-SSFT/ --data ../shared/data/aime24.jsonl --samples 11 --max-new 32768
+    python -m pytest -q test_eval.py
+"""
+import argparse
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data import encode, forking_tags, prompt_text, tag_text
+from data.chat import SYSTEM
+from data.tokenizer import load_tokenizer, special_id
+from model import Qwen2
+
+
+# -------------------------------------------------------------------------------------------------
+# Metrics: pure functions of answers, tested against hand-computed values
+
+
+def pass_at_k(n, c, k):
+    """Unbiased estimate of P(at least one of k draws without replacement from n samples, of which
+    c are correct, is correct) = 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def majority(answers):
+    """The most common non-None answer; ties go to the one that appears first; None if none."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == best)
+
+
+def cons_native(groups, gold):
+    """groups[g][i]: the answer of tag i in sample group g. Mean 0/1 score of the group votes."""
+    return float(np.mean([majority(g) == gold for g in groups]))
+
+
+def cons_at_k(groups, gold, k):
+    """Majority vote over the first k answers in round-robin tag order (group 0's tags, then
+    group 1's, ...)."""
+    flat = [a for g in groups for a in g]
+    if k > len(flat):
+        raise ValueError(f"cons@{k} needs {k} samples, got {len(flat)}")
+    return float(majority(flat[:k]) == gold)
+
+
+def purity(tags, strategies):
+    """Share of generations whose strategy is the most common one of their tag."""
+    by_tag = {}
+    for t, s in zip(tags, strategies):
+        by_tag.setdefault(t, Counter())[s] += 1
+    return sum(c.most_common(1)[0][1] for c in by_tag.values()) / max(1, len(tags))
+
+
+def distinct(per_question):
+    """Mean number of different (non-None) strategies in each question's list of strategies."""
+    return float(np.mean([len({s for s in q if s is not None}) for q in per_question]))
+
+
+def strategy_table(tags, strategies, num_tags, names):
+    """Counts table[tag][strategy] with a final column for generations of no known strategy."""
+    table = [[0] * (len(names) + 1) for _ in range(num_tags)]
+    for t, s in zip(tags, strategies):
+        table[t][names.index(s) if s in names else len(names)] += 1
+    return table
+
+
+# -------------------------------------------------------------------------------------------------
+# Math answers (benchmark files): the last \boxed{...}, compared after light normalisation
+
+
+def last_boxed(text):
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    depth, j = 0, i
+    while 0 <= j < len(text):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+        j += 1
+    return None
+
+
+def normalize_math(ans):
+    if ans is None:
+        return None
+    ans = re.sub(r"\\(left|right|!|,|;|displaystyle)|\$|\s", "", ans)
+    ans = re.sub(r"\\text\{(.*?)\}", r"\1", ans).replace("dfrac", "frac").replace("tfrac", "frac")
+    ans = ans.rstrip(".")
+    try:
+        return str(float(ans.replace(",", ""))).removesuffix(".0")
+    except ValueError:
+        return ans
+
+
+class MathTask:
+    """Questions and answers from a JSONL benchmark (fields question or problem, and answer)."""
+
+    def __init__(self, path):
+        self.rows = []
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    obj = json.loads(line)
+                    q = obj.get("question", obj.get("problem"))
+                    if q is None or "answer" not in obj:
+                        raise ValueError(f"{path}:{n}: needs 'question' (or 'problem') and 'answer'")
+                    self.rows.append((q, normalize_math(str(obj["answer"]))))
+        self.strategies, self.system = None, SYSTEM
+
+    def answer(self, text):
+        return normalize_math(last_boxed(text))
+
+
+class SyntheticTask:
+    def __init__(self, examples):
+        from data import synthetic
+        self.rows = [(e.question, e.answer) for e in examples]
+        self.strategies, self.system = list(synthetic.STRATEGIES), synthetic.SYSTEM
+        self.answer, self.classify = synthetic.extract_answer, synthetic.classify
+
+
+# -------------------------------------------------------------------------------------------------
+# Generation and the report
+
+
+def generate_per_tag(model, tok, task, num_tags, temperature, top_p, max_new, seed, shared=False,
+                     batch=256):
+    """For every question and tag, one generation: out[q][i] = (text, n_tokens). shared: every
+    slot gets the one tag <think> that a mixed-mode model was trained with."""
+    tags = [encode(tok, tag_text(None))] * num_tags if shared else forking_tags(tok, num_tags).ids
+    stop = [special_id(tok, "<|im_end|>")]
+    jobs = [(q, i) for q in range(len(task.rows)) for i in range(num_tags)]
+    out = [[None] * num_tags for _ in task.rows]
+    g = torch.Generator(model.lm_head.weight.device).manual_seed(seed)
+    prompts = [encode(tok, prompt_text(q, task.system)) for q, _ in task.rows]
+    for s in range(0, len(jobs), batch):
+        chunk = jobs[s:s + batch]
+        gen = model.generate([prompts[q] for q, _ in chunk], max_new, temperature, top_p, stop,
+                             prefix=[tags[i] for _, i in chunk], generator=g)
+        for (q, i), ids in zip(chunk, gen):
+            body = ids[len(tags[i]):]
+            out[q][i] = (tok.decode(body, skip_special_tokens=True), len(body))
+    return out
+
+
+def evaluate(model, tok, task, num_tags, samples=4, temperature=0.7, top_p=0.95, max_new=256, seed=0,
+             shared=False):
+    """All metrics of the module docstring; `samples` groups of one sample per tag (per slot of
+    the shared tag, for a mixed-mode model)."""
+    model.eval()
+    groups = [generate_per_tag(model, tok, task, num_tags, temperature, top_p, max_new, seed + g, shared)
+              for g in range(samples)]
+    greedy = generate_per_tag(model, tok, task, num_tags, 0.0, 1.0, max_new, seed, shared)
+    golds = [a for _, a in task.rows]
+    ans = [[[task.answer(groups[g][q][i][0]) for i in range(num_tags)] for g in range(samples)]
+           for q in range(len(golds))]  # ans[q][g][i]
+    ok = np.array([[[a == gold for a in grp] for grp in qa] for qa, gold in zip(ans, golds)])  # (Q, G, N)
+    lengths = np.array([[[groups[g][q][i][1] for i in range(num_tags)] for g in range(samples)]
+                        for q in range(len(golds))])
+    n = samples * num_tags
+    report = {
+        "questions": len(golds), "num_tags": num_tags, "shared_tag": shared, "samples_per_tag": samples,
+        "temperature": temperature, "top_p": top_p,
+        "pass@1": float(ok[:, :, 0].mean()),
+        "cons@N": float(np.mean([cons_native(qa, gold) for qa, gold in zip(ans, golds)])),
+        "greedy_cons@N": float(np.mean([majority([task.answer(t) for t, _ in greedy[q]]) == golds[q]
+                                        for q in range(len(golds))])),
+        "cons@k": {k: float(np.mean([cons_at_k(qa, gold, k) for qa, gold in zip(ans, golds)]))
+                   for k in sorted({1, num_tags, n})},
+        "pass@k": {k: float(np.mean([pass_at_k(n, int(c), k) for c in ok.reshape(len(golds), -1).sum(1)]))
+                   for k in sorted({1, num_tags, n})},
+        "per_tag": [{"tag": i + 1, "accuracy": float(ok[:, :, i].mean()), "mean_length": float(lengths[:, :, i].mean()),
+                     "greedy_accuracy": float(np.mean([task.answer(greedy[q][i][0]) == golds[q]
+                                                       for q in range(len(golds))]))}
+                    for i in range(num_tags)],
+    }
+    if task.strategies:
+        tags = [i for q in range(len(golds)) for g in range(samples) for i in range(num_tags)]
+        strat = [task.classify(groups[g][q][i][0]) for q in range(len(golds)) for g in range(samples)
+                 for i in range(num_tags)]
+        g_tags = [i for q in range(len(golds)) for i in range(num_tags)]
+        g_strat = [task.classify(greedy[q][i][0]) for q in range(len(golds)) for i in range(num_tags)]
+        report.update({
+            "strategies": task.strategies,
+            "purity": purity(tags, strat),
+            "purity_greedy": purity(g_tags, g_strat),
+            "distinct": distinct([g_strat[q * num_tags:(q + 1) * num_tags] for q in range(len(golds))]),
+            "distinct_sampled": distinct([strat[k:k + num_tags] for k in range(0, len(strat), num_tags)]),
+            "table": strategy_table(tags, strat, num_tags, task.strategies),
+            "table_greedy": strategy_table(g_tags, g_strat, num_tags, task.strategies),
+        })
+        # The Pass@1 tag by coverage: the tag whose greedy generations use the most strategies.
+        cover = [len({s for t, s in zip(g_tags, g_strat) if t == i and s}) for i in range(num_tags)]
+        best = int(np.argmax(cover))
+        report["pass@1_tag"] = {"tag": best + 1, "accuracy": report["per_tag"][best]["accuracy"]}
+    return report
+
+
+def format_report(r):
+    lines = [f"pass@1 (<think1>) {r['pass@1']:.3f}   cons@{r['num_tags']} {r['cons@N']:.3f}   "
+             f"greedy cons@{r['num_tags']} {r['greedy_cons@N']:.3f}   "
+             + "   ".join(f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items())]
+    if "table" in r:
+        names = r["strategies"] + ["none"]
+        for title, key in (("sampled, T=%.1f" % r["temperature"], "table"), ("greedy", "table_greedy")):
+            lines.append(f"\ntags x strategies ({title})\n" + "tag     " + "".join(f"{s:>10}" for s in names)
+                         + f"{'accuracy':>10}")
+            for i, row in enumerate(r[key]):
+                acc = r["per_tag"][i]["accuracy" if key == "table" else "greedy_accuracy"]
+                label = f"<think>#{i + 1}" if r["shared_tag"] else f"<think{i + 1}>"
+                lines.append(f"{label:<8}" + "".join(f"{c:>10}" for c in row) + f"{acc:>10.2f}")
+        lines.append(f"\npurity {r['purity']:.3f} (greedy {r['purity_greedy']:.3f})   distinct strategies per "
+                     f"question: greedy {r['distinct']:.2f}, sampled {r['distinct_sampled']:.2f}")
+    return "\n".join(lines)
+
+
+def load(path):
+    """A model and its tokenizer from a checkpoint directory, or from a run directory of ssft.py."""
+    path = Path(path)
+    if not (path / "config.json").exists() and (path / "checkpoint" / "config.json").exists():
+        path = path / "checkpoint"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return Qwen2.from_pretrained(path, device, dtype), load_tokenizer(path)
+
+
+def evaluate_run(out, held_out, num_tags, shared=False, samples=4):
+    """The end of the default ssft.py run: evaluate, print, write eval.json (and plots if matplotlib)."""
+    model, tok = load(out)
+    task = SyntheticTask(held_out)
+    max_new = 2 * max(len(encode(tok, t)) for e in held_out for t in e.traces)
+    report = evaluate(model, tok, task, num_tags, samples, max_new=max_new, shared=shared)
+    print(format_report(report))
+    (Path(out) / "eval.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {Path(out) / 'eval.json'}")
+    try:
+        from plots import plot_run
+        plot_run(out, report)
+    except ImportError as e:
+        print(f"no plots ({e}); pip install matplotlib to get them")
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate a model with forking tags.")
+    p.add_argument("--model", required=True, help="checkpoint directory, or an ssft.py run directory")
+    p.add_argument("--data", default="synthetic", help="'synthetic' (held-out questions) or a JSONL benchmark")
+    p.add_argument("--num-tags", type=int, default=6)
+    p.add_argument("--samples", type=int, default=4, help="samples per tag")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new", type=int, default=256)
+    p.add_argument("--questions", type=int, default=100, help="synthetic: held-out questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shared-tag", action="store_true", help="a mixed-mode model: prompt every slot with <think>")
+    p.add_argument("--out", help="write the report as JSON here")
+    a = p.parse_args(argv)
+    model, tok = load(a.model)
+    if a.data == "synthetic":
+        from data.synthetic import make_examples
+        from ssft import TrainConfig
+        n = TrainConfig.train_questions  # the same split as ssft.py: held-out questions come last
+        task = SyntheticTask(make_examples(n + a.questions, seed=0)[n:])
+    else:
+        task = MathTask(a.data)
+    report = evaluate(model, tok, task, a.num_tags, a.samples, a.temperature, a.top_p, a.max_new, a.seed,
+                      a.shared_tag)
+    print(format_report(report))
+    if a.out:
+        Path(a.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""
+ssft.py: the set loss and its matching, the baselines, FSDP2 over two gloo ranks against one
+process, exact resume, and one test per kind of bad input.
+
+    python -m pytest -q test_ssft.py
+"""
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ssft
+from data import encode_example, forking_tags, sequence
+from data.synthetic import SYSTEM, make_examples, tokenizer_for
+from hungarian import linear_sum_assignment
+from model import Config, Qwen2
+
+ROOT = Path(__file__).parent
+TINY_RUN = ["--model", "tiny", "--train-questions", "48", "--eval-questions", "0", "--batch", "8"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    examples = make_examples(6, seed=3)
+    tok = tokenizer_for(make_examples(200, seed=0))
+    model = Qwen2(Config(**{**Config.preset("tiny").__dict__, "vocab_size": tok.get_vocab_size()}))
+    return model, [encode_example(tok, e, SYSTEM) for e in examples], forking_tags(tok, 6), tok
+
+
+def grid(model, encs, tags, L=16):
+    return ssft.cost_grid(model, encs, tags, L, 4096, 0, ssft.Dist())
+
+
+def test_grid_is_the_mean_nll_of_each_pair(setup):
+    model, encs, tags, _ = setup
+    (cost,) = grid(model, encs[:1], tags, L=5)
+    for i, j in [(0, 0), (3, 2), (5, 3)]:
+        ids, targets = sequence(encs[0].prompt, tags.ids[i], encs[0].traces[j][:5], tag_loss=False)
+        logp = torch.log_softmax(model(torch.tensor([ids]))[0], -1)
+        picked = [logp[t, y] for t, y in enumerate(targets) if y != -100]
+        assert len(picked) == 5
+        assert cost[i, j] == pytest.approx(-torch.stack(picked).mean().item(), rel=1e-5)
+
+
+def test_assignment_is_the_min_cost_matching_and_injective(setup):
+    model, encs, tags, _ = setup
+    for cost in grid(model, encs, tags):
+        sigma = ssft.assign("ssft", cost, 0, 0, 0)
+        brute = min(itertools.permutations(range(6), 4), key=lambda p: cost[list(p), range(4)].sum())
+        assert len(set(sigma)) == 4
+        assert cost[sigma, range(4)].sum() == pytest.approx(cost[list(brute), range(4)].sum(), abs=1e-12)
+
+
+def test_set_loss_is_invariant_to_permuting_the_traces(setup):
+    model, encs, tags, _ = setup
+    enc = encs[0]
+    (cost,) = grid(model, [enc], tags)
+    perm = [2, 0, 3, 1]
+    shuffled = type(enc)(enc.prompt, [enc.traces[p] for p in perm])
+    (cost_p,) = grid(model, [shuffled], tags)
+    np.testing.assert_allclose(cost_p, cost[:, perm], rtol=1e-6)
+
+    def set_loss(e, c):
+        sigma = ssft.assign("ssft", c, 0, 0, 0)
+        rows = [sequence(e.prompt, tags.ids[sigma[j]], t) for j, t in enumerate(e.traces)]
+        return sum(model(torch.tensor([i]), targets=torch.tensor([t]))[0].item() for i, t in rows)
+
+    assert set_loss(shuffled, cost_p) == pytest.approx(set_loss(enc, cost), rel=1e-6)
+
+
+def test_gradients_come_only_from_the_matched_sequences(setup):
+    model, encs, tags, _ = setup
+    costs = grid(model, encs[:2], tags)
+    rows = []
+    for e, c in zip(encs[:2], costs):
+        sigma = ssft.assign("ssft", c, 0, 0, 0)
+        rows += [sequence(e.prompt, tags.ids[sigma[j]], t) for j, t in enumerate(e.traces)]
+    cfg = ssft.TrainConfig(micro_tokens=120, grad_clip=1e9)  # several micro-batches, no clipping
+
+    class Capture:  # an "optimizer" that records the accumulated gradients instead of stepping
+        def step(self):
+            self.grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+        def zero_grad(self, set_to_none):
+            model.zero_grad(set_to_none=set_to_none)
+
+    opt = Capture()
+    loss, tokens, _ = ssft.train_step(model, opt, rows, cfg, 0, ssft.Dist())
+    assert len(ssft.micro_batches([len(r[0]) for r in rows], 120)) > 1
+    # The same by hand: the summed NLL of exactly the M matched sequences per question / tokens.
+    total = sum(model(torch.tensor([i]), targets=torch.tensor([t]))[0].sum() for i, t in rows)
+    assert tokens == sum(sum(y != -100 for y in t) for _, t in rows)
+    assert loss == pytest.approx(total.item() / tokens, rel=1e-6)
+    (total / tokens).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(opt.grads[name], p.grad, rtol=1e-5, atol=1e-8)
+    model.zero_grad()
+
+
+def test_random_mode_draws_injective_maps():
+    cost = np.zeros((6, 4))
+    draws = {tuple(ssft.assign("random", cost, 0, step, 7)) for step in range(50)}
+    assert all(len(set(d)) == 4 and set(d) <= set(range(6)) for d in draws)
+    assert len(draws) > 40  # redrawn every step
+    assert tuple(ssft.assign("random", cost, 0, 3, 7)) == tuple(ssft.assign("random", cost, 0, 3, 7))
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = ssft.TrainConfig(steps=100, lr=1.0, warmup=0.1, min_lr=0.1)
+    lrs = [ssft.lr_at(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] >= 0.1
+
+
+def test_micro_batches_respect_the_token_budget():
+    lengths = [5, 50, 7, 30, 30, 200, 1]
+    groups = ssft.micro_batches(lengths, budget=60)
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    assert all(len(g) * max(lengths[i] for i in g) <= 60 or len(g) == 1 for g in groups)
+
+
+def losses(out):
+    return [json.loads(l)["loss"] for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_exactly(tmp_path):
+    args = TINY_RUN + ["--steps", "6", "--seed", "1"]
+    ssft.run(ssft.parse_args(args + ["--out", str(tmp_path / "full")]))
+    ssft.run(ssft.parse_args(args + ["--out", str(tmp_path / "cut"), "--stop-after", "3"]))
+    assert len(losses(tmp_path / "cut")) == 3
+    ssft.run(ssft.parse_args(["--out", str(tmp_path / "cut"), "--resume"]))
+    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), abs=1e-9)
+    assert not (tmp_path / "cut" / "checkpoint.tmp").exists()
+
+
+def test_unfinished_run_is_not_overwritten(tmp_path):
+    ssft.run(ssft.parse_args(TINY_RUN + ["--steps", "4", "--stop-after", "1", "--out", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="unfinished run .*--resume"):
+        ssft.run(ssft.parse_args(TINY_RUN + ["--steps", "4", "--out", str(tmp_path)]))
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    args = TINY_RUN + ["--steps", "3", "--mode", "ssft"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "ssft.py", *args, "--out", str(tmp_path / "one")],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "ssft.py", *args,
+                    "--out", str(tmp_path / "two")], cwd=ROOT, env=env, check=True, capture_output=True)
+    assert len(losses(tmp_path / "two")) == 3
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    one = [json.loads(l)["assignment"] for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(l)["assignment"] for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert one == two
+
+    from transformers import Qwen2ForCausalLM
+    hf = Qwen2ForCausalLM.from_pretrained(tmp_path / "two" / "checkpoint").eval()
+    ours = Qwen2.from_pretrained(tmp_path / "one" / "checkpoint")
+    ids = torch.randint(0, ours.config.vocab_size, (2, 12))
+    torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
+
+
+# -------------------------------------------------------------------------------------------------
+# Bad input: one clear message naming file, line and field; nothing written to --out
+
+
+GOOD = {"question": "sort 312", "traces": ["a", "b", "c", "d"]}
+BAD = {  # kind: (second line of the file, what the message says after the file name)
+    "invalid json": (b'{"question": "q", "traces": [', ":2: invalid JSON (Expecting value, column 30)"),
+    "missing field": (json.dumps({"traces": ["a"] * 4}).encode(), ":2: field 'question': missing"),
+    "mistyped field": (json.dumps({"question": "q", "traces": ["a", 3, "c", "d"]}).encode(),
+                       ":2: field 'traces[1]': must be a string, got int"),
+    "empty trace": (json.dumps({"question": "q", "traces": ["a", "", "c", "d"]}).encode(),
+                    ":2: field 'traces[1]': is empty"),
+    "fewer traces": (json.dumps({"question": "q", "traces": ["a", "b"]}).encode(),
+                     ":2: field 'traces': has 2 traces, fewer than --traces 4 "
+                     "(pass --allow-fewer to train on what is there)"),
+    "tag in trace": (json.dumps({"question": "q", "traces": ["a", "b <think2>", "c", "d"]}).encode(),
+                     ":2: field 'traces[1]': contains the reserved string '<think2>' at character 2"),
+    "non-utf8": (b'{"question": "q\xff", "traces": ["a", "b", "c", "d"]}', ":2: not valid UTF-8 (byte 15 of the line)"),
+    "empty file": (None, ": no examples (the file is empty)"),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenizer_for(make_examples(50, seed=0)).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input_exits_with_one_clear_message(kind, tmp_path, tokenizer_file):
+    line, message = BAD[kind]
+    data = tmp_path / "bad.jsonl"
+    data.write_bytes(b"" if line is None else json.dumps(GOOD).encode() + b"\n" + line + b"\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        ssft.main(["--model", "tiny", "--tokenizer", str(tokenizer_file), "--data", str(data), "--out", str(out)])
+    assert e.value.code == f"error: {data}{message}"
+    assert not out.exists()
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path, tokenizer_file):
+    data = tmp_path / "bad.jsonl"
+    data.write_bytes(json.dumps(GOOD).encode() + b"\n" + BAD["tag in trace"][0] + b"\n")
+    proc = subprocess.run([sys.executable, "ssft.py", "--model", "tiny", "--tokenizer", str(tokenizer_file),
+                           "--data", str(data), "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"error: {data}:2: field 'traces[1]': contains the reserved "
+                                                f"string '<think2>' at character 2"]
+    assert not (tmp_path / "out").exists()
