@@ -31,8 +31,8 @@ import torch.distributed as dist
 
 from data import DataError, chat, collate, encode, encode_example, forking_tags, load_traces, sequence, tag_text
 from data.tokenizer import load_tokenizer, special_id
-from hungarian import linear_sum_assignment
 from distributed import Dist, build_model, find_checkpoint, load_optimizer, save_checkpoint, setup_dist
+from hungarian import linear_sum_assignment
 from model import Config
 
 MODES = ("ssft", "random", "mixed")
@@ -111,7 +111,7 @@ def micro_batches(lengths, budget):
     within `budget` tokens (a row longer than the budget gets a group of its own)."""
     groups, longest = [], 0
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if groups and (len(groups[-1]) + 1) * max(longest, lengths[i]) <= budget:
+        if groups and (len(groups[-1]) + 1) * longest <= budget:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -153,9 +153,9 @@ def cost_grid(model, encs, tags, L, budget, pad_id, d):
     costs = [np.zeros((len(tags.ids), len(e.traces))) for e in encs]
     groups = even_batches(d, micro_batches([len(r[0]) for r in rows], budget))
     for g, nll, n in forward_rows(model, rows, groups, pad_id, d.device):
-        for k, idx in enumerate(g):
+        for idx, s, count in zip(g, nll.tolist(), n.tolist()):  # one device sync per micro-batch
             q, i, j = where[idx]
-            costs[q][i, j] = nll[k].item() / n[k].item()
+            costs[q][i, j] = s / count
     return costs
 
 
@@ -358,7 +358,7 @@ def main(argv=None):
         return print_plan(cfg)
     try:
         cfg, out, held_out, _ = run(cfg)
-    except DataError as e:
+    except (DataError, FileNotFoundError) as e:  # bad data, or a missing model/tokenizer file
         sys.exit(f"error: {e}")
     if held_out and int(os.environ.get("RANK", 0)) == 0:
         from eval import evaluate_run

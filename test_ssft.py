@@ -217,3 +217,27 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path, tokenizer_fi
     assert proc.stderr.strip().splitlines() == [f"error: {data}:2: field 'traces[1]': contains the reserved "
                                                 f"string '<think2>' at character 2"]
     assert not (tmp_path / "out").exists()
+
+
+def test_real_format_checkpoint_and_vocabulary(tmp_path):
+    """A transformers checkpoint directory with the real Qwen2.5 vocabulary: ssft.py trains it on a
+    JSONL file and writes a checkpoint that transformers loads, with the tokenizer beside it."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from data.tokenizer import qwen25_tokenizer
+    torch.manual_seed(0)
+    hf = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    hf.save_pretrained(tmp_path / "base")
+    qwen25_tokenizer().save(str(tmp_path / "base" / "tokenizer.json"))
+    lines = [{"question": f"What is {a} + {a}?", "traces": [f"{a} + {a} = {2 * a}.", f"Double {a}: {2 * a}.",
+                                                             f"Twice {a} is {2 * a}.", f"{2 * a}"],
+              "answer": str(2 * a), "sources": ["r1", "gemini", "oss-high", "oss-medium"]} for a in range(8)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    ssft.main(["--model", str(tmp_path / "base"), "--data", str(tmp_path / "data.jsonl"), "--steps", "2",
+               "--batch", "4", "--out", str(tmp_path / "run"), "--lr", "1e-3"])
+    log = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and sum(map(sum, log[0]["tag_source"].values())) == 16
+    assert set(log[0]["tag_source"]) == {"r1", "gemini", "oss-high", "oss-medium"}
+    back = Qwen2ForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint")
+    assert back.config.tie_word_embeddings and back.config.vocab_size == 151936
+    assert (tmp_path / "run" / "checkpoint" / "tokenizer.json").exists()

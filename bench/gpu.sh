@@ -26,8 +26,10 @@ print(torch.cuda.get_device_name(), 'torch', torch.__version__)" || exit 1
 check kernels-bench "$PYTHON" bench/gpu_kernels.py --out "$OUT/gpu_kernels.json"
 check kernels-tests "$PYTHON" -m pytest -q test_kernels.py --junitxml "$OUT/test_kernels.xml"
 
-# --- add further GPU checks here, e.g.
-# check model-bench "$PYTHON" bench/gpu_model.py --out "$OUT/gpu_model.json"
+# --- the whole suite on the GPU (the CPU-only parts run too), then a short SSFT run on the GPU path
+#     (bf16 autocast, Triton loss, KV-cache evaluation): about 2 minutes
+check tests "$PYTHON" -m pytest -q --junitxml "$OUT/tests.xml"
+check ssft-gpu "$PYTHON" ssft.py --steps 100 --out "$OUT/ssft_gpu" --overwrite
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
