@@ -4,7 +4,10 @@ and for the synthetic task the tags x strategies table, purity and distinct stra
 
 Protocol (the paper's, reference/paper.md §9-10): sample at temperature 0.7, top_p 0.95.
 - pass@1: mean accuracy of the <think1> samples; pass@1_tag: the same for the tag chosen by
-  coverage (the tag used by the most distinct sources, i.e. strategies, in greedy decoding).
+  coverage, the one matched to the most distinct (question, trace) pairs in training (read from
+  the run's metrics.jsonl when there is one).
+- greedy_cons@N and greedy_oracle: the majority of the N tags' greedy answers, and whether any of
+  them is right (the headroom for choosing the tag per question, which GFPO learns).
 - cons@N (native): each group of samples holds one sample per tag; majority vote per group
   (ties go to the answer seen first, in tag order), scored 0/1 and averaged over groups.
 - cons@k: the first k samples in round-robin tag order (group-major), majority vote.
@@ -147,8 +150,20 @@ class SyntheticTask:
     def __init__(self, examples):
         from data import synthetic
         self.rows = [(e.question, e.answer) for e in examples]
+        self.solutions = [t for e in examples for t in e.traces]
         self.strategies, self.system = list(synthetic.STRATEGIES), synthetic.SYSTEM
         self.answer, self.classify = synthetic.extract_answer, synthetic.classify
+
+
+def coverage_tag(metrics_path):
+    """The tag matched to the most distinct (question, trace) pairs over training, read from an
+    ssft.py metrics.jsonl: the paper's choice of the Pass@1 tag. None without assignments."""
+    pairs = {}
+    for line in Path(metrics_path).read_text().splitlines():
+        for q, sigma in (json.loads(line)["assignment"] or {}).items():
+            for j, tag in enumerate(sigma):
+                pairs.setdefault(tag, set()).add((q, j))
+    return max(pairs, key=lambda t: (len(pairs[t]), -t)) if pairs else None
 
 
 # -------------------------------------------------------------------------------------------------
@@ -176,9 +191,9 @@ def generate_per_tag(model, tok, task, num_tags, temperature, top_p, max_new, se
 
 
 def evaluate(model, tok, task, num_tags, samples=4, temperature=0.7, top_p=0.95, max_new=256, seed=0,
-             shared=False):
+             shared=False, chosen_tag=None):
     """All metrics of the module docstring; `samples` groups of one sample per tag (per slot of
-    the shared tag, for a mixed-mode model)."""
+    the shared tag, for a mixed-mode model); chosen_tag (1-based) adds pass@1_tag."""
     model.eval()
     groups = [generate_per_tag(model, tok, task, num_tags, temperature, top_p, max_new, seed + g, shared)
               for g in range(samples)]
@@ -201,11 +216,16 @@ def evaluate(model, tok, task, num_tags, samples=4, temperature=0.7, top_p=0.95,
                    for k in sorted({1, num_tags, n})},
         "pass@k": {k: float(np.mean([pass_at_k(n, int(c), k) for c in ok.reshape(len(golds), -1).sum(1)]))
                    for k in sorted({1, num_tags, n})},
+        # Headroom for choosing the tag per question (GFPO): any tag's greedy answer right.
+        "greedy_oracle": float(np.mean([any(task.answer(t) == golds[q] for t, _ in greedy[q])
+                                        for q in range(len(golds))])),
         "per_tag": [{"tag": i + 1, "accuracy": float(ok[:, :, i].mean()), "mean_length": float(lengths[:, :, i].mean()),
                      "greedy_accuracy": float(np.mean([task.answer(greedy[q][i][0]) == golds[q]
                                                        for q in range(len(golds))]))}
                     for i in range(num_tags)],
     }
+    if chosen_tag:
+        report["pass@1_tag"] = {"tag": chosen_tag, "accuracy": report["per_tag"][chosen_tag - 1]["accuracy"]}
     if task.strategies:
         tags = [i for q in range(len(golds)) for g in range(samples) for i in range(num_tags)]
         strat = [task.classify(groups[g][q][i][0]) for q in range(len(golds)) for g in range(samples)
@@ -221,17 +241,17 @@ def evaluate(model, tok, task, num_tags, samples=4, temperature=0.7, top_p=0.95,
             "table": strategy_table(tags, strat, num_tags, task.strategies),
             "table_greedy": strategy_table(g_tags, g_strat, num_tags, task.strategies),
         })
-        # The Pass@1 tag by coverage: the tag whose greedy generations use the most strategies.
-        cover = [len({s for t, s in zip(g_tags, g_strat) if t == i and s}) for i in range(num_tags)]
-        best = int(np.argmax(cover))
-        report["pass@1_tag"] = {"tag": best + 1, "accuracy": report["per_tag"][best]["accuracy"]}
     return report
 
 
 def format_report(r):
-    lines = [f"pass@1 (<think1>) {r['pass@1']:.3f}   cons@{r['num_tags']} {r['cons@N']:.3f}   "
-             f"greedy cons@{r['num_tags']} {r['greedy_cons@N']:.3f}   "
-             + "   ".join(f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items())]
+    first = f"pass@1 (<think1>) {r['pass@1']:.3f}   "
+    if "pass@1_tag" in r:
+        first += f"pass@1 (<think{r['pass@1_tag']['tag']}>, by coverage) {r['pass@1_tag']['accuracy']:.3f}   "
+    first += f"cons@{r['num_tags']} {r['cons@N']:.3f}   " + "   ".join(
+        f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items() if k > 1)
+    lines = [first, f"greedy over the {r['num_tags']} tags: majority {r['greedy_cons@N']:.3f}, "
+                    f"any tag right {r['greedy_oracle']:.3f}"]
     if "table" in r:
         names = r["strategies"] + ["none"]
         for title, key in (("sampled, T=%.1f" % r["temperature"], "table"), ("greedy", "table_greedy")):
@@ -256,20 +276,28 @@ def load(path):
     return Qwen2.from_pretrained(path, device, dtype), load_tokenizer(path)
 
 
-def evaluate_run(out, held_out, num_tags, shared=False, samples=4):
-    """The end of the default ssft.py run: evaluate, print, write eval.json (and plots if matplotlib)."""
-    model, tok = load(out)
-    task = SyntheticTask(held_out)
-    max_new = 2 * max(len(encode(tok, t)) for e in held_out for t in e.traces)
-    report = evaluate(model, tok, task, num_tags, samples, max_new=max_new, shared=shared)
+def evaluate_run(model_dir, task, num_tags, shared=False, samples=4, out_file=None, max_new=None, **sampling):
+    """Evaluate a checkpoint or an ssft.py run directory on `task`, print the report, write it as
+    JSON (default: eval.json in the run directory) and, for a run with matplotlib installed, the
+    plots. The Pass@1 tag by coverage comes from the run's metrics.jsonl when there is one."""
+    model_dir = Path(model_dir)
+    model, tok = load(model_dir)
+    metrics = model_dir / "metrics.jsonl"
+    chosen = coverage_tag(metrics) if metrics.exists() else None
+    if max_new is None:  # synthetic: twice the longest solution; math: the paper's 32k
+        max_new = 2 * max(len(encode(tok, t)) for t in task.solutions) if task.strategies else 32768
+    report = evaluate(model, tok, task, num_tags, samples, max_new=max_new, shared=shared, chosen_tag=chosen,
+                      **sampling)
     print(format_report(report))
-    (Path(out) / "eval.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {Path(out) / 'eval.json'}")
-    try:
-        from plots import plot_run
-        plot_run(out, report)
-    except ImportError as e:
-        print(f"no plots ({e}); pip install matplotlib to get them")
+    out_file = Path(out_file or model_dir / "eval.json")
+    out_file.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out_file}")
+    if metrics.exists():
+        try:
+            from plots import plot_run
+            plot_run(model_dir, report)
+        except ImportError as e:
+            print(f"no plots ({e}); pip install matplotlib to get them")
     return report
 
 
@@ -281,25 +309,20 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=4, help="samples per tag")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new", type=int, default=256)
+    p.add_argument("--max-new", type=int, help="default: twice the longest synthetic solution; 32768 for math")
+    p.add_argument("--train-questions", type=int, default=2000, help="synthetic: the split of ssft.py")
     p.add_argument("--questions", type=int, default=100, help="synthetic: held-out questions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shared-tag", action="store_true", help="a mixed-mode model: prompt every slot with <think>")
-    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--out", help="where to write the report (default: eval.json in the --model directory)")
     a = p.parse_args(argv)
-    model, tok = load(a.model)
     if a.data == "synthetic":
-        from data.synthetic import make_examples
-        from ssft import TrainConfig
-        n = TrainConfig.train_questions  # the same split as ssft.py: held-out questions come last
-        task = SyntheticTask(make_examples(n + a.questions, seed=0)[n:])
+        from data.synthetic import held_out
+        task = SyntheticTask(held_out(a.train_questions, a.questions))
     else:
         task = MathTask(a.data)
-    report = evaluate(model, tok, task, a.num_tags, a.samples, a.temperature, a.top_p, a.max_new, a.seed,
-                      a.shared_tag)
-    print(format_report(report))
-    if a.out:
-        Path(a.out).write_text(json.dumps(report, indent=2))
+    evaluate_run(a.model, task, a.num_tags, a.shared_tag, a.samples, a.out, a.max_new,
+                 temperature=a.temperature, top_p=a.top_p, seed=a.seed)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, KV, S, D)
         # enable_gqa groups consecutive query heads per KV head, like transformers' repeat_kv.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+        # No mask: causal for a block of T > 1 positions (no cache before them, see hidden_states),
+        # all keys for one decoded position.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and T > 1,
                                            enable_gqa=self.n_kv != self.n_head)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -255,12 +257,13 @@ class Qwen2(nn.Module):
 
     def hidden_states(self, input_ids, position_ids=None, attn_mask=None, cache=None):
         """Final-norm hidden states (B, T, d). attn_mask (B, 1, T, S) bool, True = may attend;
-        None means plain causal attention over the T positions (right padding needs nothing more)."""
+        None means causal attention over the cache and the T positions (right padding needs
+        nothing more)."""
         B, T = input_ids.shape
         if position_ids is None:
             start = cache.len if cache is not None else 0
             position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        if attn_mask is None and cache is not None and cache.len > 0:
+        if attn_mask is None and cache is not None and cache.len > 0 and T > 1:
             # SDPA's is_causal aligns the query block to the first keys; after a cache it must
             # align to the last ones.
             attn_mask = torch.ones(T, cache.len + T, dtype=torch.bool,
@@ -375,12 +378,13 @@ class Qwen2(nn.Module):
         for i, r in enumerate(rows):
             ids[i, P - len(r):] = torch.tensor(r, device=device)
             valid[i, P - len(r):P] = True
+        padded = len({len(r) for r in rows}) > 1
         positions = (valid[:, :P].cumsum(-1) - 1).clamp(min=0)  # (B, P), 0 at each prompt start
         causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
         # Pad queries attend to themselves only, so no attention row is empty (NaN); unused anyway.
         mask = (causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
         cache = KVCache(self.config, B, S, device, self.lm_head.weight.dtype)
-        h = self.hidden_states(ids, positions, mask[:, None], cache)
+        h = self.hidden_states(ids, positions, mask[:, None] if padded else None, cache)
         logits = self.lm_head(h[:, -1])  # (B, V)
         out = [list(p) for p in prefix]
         done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -395,7 +399,8 @@ class Qwen2(nn.Module):
                 break
             valid[:, P + step] = True
             pos = pos + 1
-            h = self.hidden_states(tok[:, None], pos[:, None], valid[:, None, None, :P + step + 1], cache)
+            mask = valid[:, None, None, :P + step + 1] if padded else None  # (B, 1, 1, S)
+            h = self.hidden_states(tok[:, None], pos[:, None], mask, cache)
             logits = self.lm_head(h[:, -1])
         return out
 

@@ -95,9 +95,8 @@ def parse_args(argv=None):
 def load_task(cfg):
     """Training examples, held-out examples (synthetic only), the tokenizer, the system message."""
     if cfg.data == "synthetic":
-        from data.synthetic import SYSTEM, make_examples, tokenizer_for
-        examples = make_examples(cfg.train_questions + cfg.eval_questions, seed=0)
-        train, held_out = examples[:cfg.train_questions], examples[cfg.train_questions:]
+        from data.synthetic import SYSTEM, split, tokenizer_for
+        train, held_out = split(cfg.train_questions, cfg.eval_questions)
         tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else tokenizer_for(train)
         return train, held_out, tok, SYSTEM
     train = load_traces(cfg.data, cfg.traces, cfg.allow_fewer)
@@ -361,8 +360,8 @@ def main(argv=None):
     except (DataError, FileNotFoundError) as e:  # bad data, or a missing model/tokenizer file
         sys.exit(f"error: {e}")
     if held_out and int(os.environ.get("RANK", 0)) == 0:
-        from eval import evaluate_run
-        evaluate_run(out, held_out, cfg.num_tags, shared=cfg.mode == "mixed")
+        from eval import SyntheticTask, evaluate_run
+        evaluate_run(out, SyntheticTask(held_out), cfg.num_tags, shared=cfg.mode == "mixed")
 
 
 if __name__ == "__main__":

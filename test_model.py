@@ -158,3 +158,18 @@ def test_missing_tensor_is_an_error(tmp_path):
     model.save_pretrained(tmp_path, state_dict=sd)
     with pytest.raises(ValueError, match="lacks 1 tensors"):
         Qwen2.from_pretrained(tmp_path)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = Qwen2(Config(**TINY))
+    ids = torch.randint(0, TINY["vocab_size"], (2, 10))
+    grads = []
+    for ac in (False, True):
+        model.gradient_checkpointing = ac
+        model.zero_grad()
+        nll, _ = model(ids, targets=ids)
+        nll.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

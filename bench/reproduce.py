@@ -5,6 +5,7 @@ default (400 steps of the synthetic task); the 9 runs take about 35 minutes on 2
 
     python bench/reproduce.py                       # train all runs that are missing, print the table
     python bench/reproduce.py --table-only          # only rebuild the table from runs/reproduce/
+    python bench/reproduce.py --reeval              # evaluate the trained runs again with eval.py
 """
 import argparse
 import json
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = [("purity", "purity (T=0.7)"), ("purity_greedy", "purity (greedy)"),
-           ("distinct", "distinct strategies (greedy)"), ("distinct_sampled", "distinct (T=0.7)"),
-           ("pass@1", "pass@1"), ("cons@N", "cons@6"), ("greedy_cons@N", "cons@6 (greedy)")]
+METRICS = [("purity", "purity (T=0.7)"), ("distinct", "distinct strategies (greedy)"),
+           ("distinct_sampled", "distinct (T=0.7)"), ("pass@1", "pass@1 <think1>"), ("cons@N", "cons@6"),
+           ("greedy_cons@N", "cons@6 greedy"), ("greedy_oracle", "any tag right, greedy")]
 
 
 def main():
@@ -26,17 +27,22 @@ def main():
     p.add_argument("--runs", default=str(ROOT / "runs" / "reproduce"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--reeval", action="store_true", help="evaluate trained runs again (after eval.py changes)")
     a = p.parse_args()
     modes = ("ssft", "random", "mixed")
     for mode in modes:
         for seed in a.seeds:
             out = Path(a.runs) / f"{mode}-seed{seed}"
-            if a.table_only or (out / "eval.json").exists():
+            if a.table_only:
                 continue
-            t = time.time()
-            subprocess.run([sys.executable, "ssft.py", "--mode", mode, "--seed", str(seed), "--out", str(out),
-                            "--overwrite"], cwd=ROOT, check=True)
-            (out / "wall_seconds.txt").write_text(f"{time.time() - t:.1f}\n")
+            if (out / "eval.json").exists() and a.reeval:
+                shared = ["--shared-tag"] if mode == "mixed" else []
+                subprocess.run([sys.executable, "eval.py", "--model", str(out), *shared], cwd=ROOT, check=True)
+            elif not (out / "eval.json").exists():
+                t = time.time()
+                subprocess.run([sys.executable, "ssft.py", "--mode", mode, "--seed", str(seed), "--out", str(out),
+                                "--overwrite"], cwd=ROOT, check=True)
+                (out / "wall_seconds.txt").write_text(f"{time.time() - t:.1f}\n")
     print("| mode | " + " | ".join(title for _, title in METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
     for mode in modes:

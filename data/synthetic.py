@@ -74,6 +74,16 @@ def make_examples(n, seed, min_len=3, max_len=8):
     return examples
 
 
+def split(n_train, n_held_out):
+    """The training questions and the held-out ones, disjoint (ssft.py and eval.py agree on it)."""
+    examples = make_examples(n_train + n_held_out, seed=0)
+    return examples[:n_train], examples[n_train:]
+
+
+def held_out(n_train, n_held_out):
+    return split(n_train, n_held_out)[1]
+
+
 def classify(text):
     """The strategy a generated solution uses (its opening word), or None."""
     first = text.split(maxsplit=1)[0] if text.strip() else ""
