@@ -56,8 +56,8 @@ class Config:
             raise ValueError(f"{path}: hidden_act={raw['hidden_act']!r}, expected 'silu'")
         # transformers >= 5 writes rope_parameters: {"rope_theta": ...}; older files a top-level key.
         rope = raw.get("rope_parameters") or {}
-        if "rope_theta" in rope:
-            raw["rope_theta"] = rope["rope_theta"]
+        # A file with neither key means transformers' Qwen2Config default, 1e4 (Qwen2.5 files say 1e6).
+        raw["rope_theta"] = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"{path}: rope_type={rope['rope_type']!r} is not supported")
         config = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})

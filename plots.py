@@ -1,8 +1,9 @@
 """
 Pictures of a run (needs matplotlib, an optional extra: pip install matplotlib):
 - strategies.png: the tags x strategies heatmaps of eval.json (sampled and greedy);
-- matching.png: over the steps, the loss, the mean matched cost, and matching convergence (the
-  share of questions whose tag assignment changed since they were last seen).
+- matching.png: over the steps, the loss and the mean matched cost; matching convergence (the
+  share of questions whose tag assignment changed since they were last seen, with its running
+  mean); and which tags the training matching gave each source in the last fifth of the run.
 
     python plots.py out/ssft
 """
@@ -27,25 +28,37 @@ def plot_run(out, report=None):
             ax.imshow(table, cmap="Blues")
             ax.set_xticks(range(len(names)), names, rotation=30)
             ax.set_yticks(range(len(table)), [f"<think{i + 1}>" for i in range(len(table))])
+            top = max(map(max, table))
             for i, row in enumerate(table):
                 for j, c in enumerate(row):
-                    ax.text(j, i, c, ha="center", va="center", fontsize=8)
+                    ax.text(j, i, c, ha="center", va="center", fontsize=8, color="white" if c > top / 2 else "black")
             ax.set_title(f"{title}: purity {report['purity' if key == 'table' else 'purity_greedy']:.2f}")
         fig.tight_layout()
         fig.savefig(out / "strategies.png", dpi=120)
         plt.close(fig)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["loss"] for r in rows], label="training loss")
+    axes[0].set_xlabel("step")
     if rows[0]["match_cost"] is not None:
         axes[0].plot(steps, [r["match_cost"] for r in rows], label="matched cost")
         changed = [(r["step"], r["changed"]) for r in rows if r["changed"] is not None]
-        axes[1].plot(*zip(*changed), ".", markersize=2)
-    axes[0].set_xlabel("step")
+        x, y = zip(*changed)
+        k = min(20, len(y))
+        axes[1].plot(x, y, ".", markersize=2, alpha=0.5)
+        axes[1].plot(x[k - 1:], [sum(y[i:i + k]) / k for i in range(len(y) - k + 1)], label=f"mean of {k}")
+        axes[1].set(xlabel="step", ylabel="assignments changed since last seen")
+        axes[1].legend()
+    if rows[0]["tag_source"]:
+        names = sorted(rows[0]["tag_source"])
+        late = rows[len(rows) * 4 // 5:]
+        hist = [[sum(r["tag_source"][s][t] for r in late) for s in names] for t in range(len(rows[0]["tag_source"][names[0]]))]
+        axes[2].imshow(hist, cmap="Blues", aspect="auto")
+        axes[2].set_xticks(range(len(names)), names, rotation=30)
+        axes[2].set_yticks(range(len(hist)), [f"<think{t + 1}>" for t in range(len(hist))])
+        axes[2].set_title(f"training matches, steps {late[0]['step']}-{late[-1]['step']}")
     axes[0].legend()
-    axes[1].set_xlabel("step")
-    axes[1].set_ylabel("assignments changed since last seen")
     fig.tight_layout()
     fig.savefig(out / "matching.png", dpi=120)
     plt.close(fig)

@@ -44,8 +44,9 @@ def checkpoint(request, tmp_path):
 def test_logits_match_transformers(checkpoint):
     hf, tmp = checkpoint
     ours = Qwen2.from_pretrained(tmp / "hf")
-    ids = torch.randint(0, TINY["vocab_size"], (3, 17))
-    torch.testing.assert_close(ours(ids), hf(ids).logits, rtol=1e-5, atol=1e-5)
+    for shape in [(3, 17), (1, 300)]:  # the long one exercises RoPE far from position 0
+        ids = torch.randint(0, TINY["vocab_size"], shape)
+        torch.testing.assert_close(ours(ids), hf(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_saved_checkpoint_loads_into_transformers(checkpoint):
@@ -146,6 +147,8 @@ def test_config_reads_both_rope_spellings(tmp_path):
     for raw in ({"rope_theta": 12345.0}, {"rope_parameters": {"rope_type": "default", "rope_theta": 12345.0}}):
         (tmp_path / "config.json").write_text(json.dumps({**PRESETS["tiny"], **raw}))
         assert Config.from_json(tmp_path / "config.json").rope_theta == 12345.0
+    (tmp_path / "config.json").write_text(json.dumps(PRESETS["tiny"]))
+    assert Config.from_json(tmp_path / "config.json").rope_theta == Qwen2Config().rope_parameters["rope_theta"]
     (tmp_path / "config.json").write_text(json.dumps({**PRESETS["tiny"], "use_sliding_window": True}))
     with pytest.raises(ValueError, match="sliding"):
         Config.from_json(tmp_path / "config.json")
