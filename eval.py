@@ -249,18 +249,18 @@ def format_report(r):
     if "pass@1_tag" in r:
         first += f"pass@1 (<think{r['pass@1_tag']['tag']}>, by coverage) {r['pass@1_tag']['accuracy']:.3f}   "
     first += f"cons@{r['num_tags']} {r['cons@N']:.3f}   " + "   ".join(
-        f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items() if k > 1)
+        f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items() if int(k) > 1)
     lines = [first, f"greedy over the {r['num_tags']} tags: majority {r['greedy_cons@N']:.3f}, "
                     f"any tag right {r['greedy_oracle']:.3f}"]
     if "table" in r:
         names = r["strategies"] + ["none"]
         for title, key in (("sampled, T=%.1f" % r["temperature"], "table"), ("greedy", "table_greedy")):
-            lines.append(f"\ntags x strategies ({title})\n" + "tag     " + "".join(f"{s:>10}" for s in names)
+            lines.append(f"\ntags x strategies ({title})\n" + f"{'tag':<10}" + "".join(f"{s:>10}" for s in names)
                          + f"{'accuracy':>10}")
             for i, row in enumerate(r[key]):
                 acc = r["per_tag"][i]["accuracy" if key == "table" else "greedy_accuracy"]
                 label = f"<think>#{i + 1}" if r["shared_tag"] else f"<think{i + 1}>"
-                lines.append(f"{label:<8}" + "".join(f"{c:>10}" for c in row) + f"{acc:>10.2f}")
+                lines.append(f"{label:<10}" + "".join(f"{c:>10}" for c in row) + f"{acc:>10.2f}")
         lines.append(f"\npurity {r['purity']:.3f} (greedy {r['purity_greedy']:.3f})   distinct strategies per "
                      f"question: greedy {r['distinct']:.2f}, sampled {r['distinct_sampled']:.2f}")
     return "\n".join(lines)
