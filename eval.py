@@ -27,13 +27,14 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data import encode, forking_tags, prompt_text, tag_text
+from data import DataError, encode, forking_tags, prompt_text, tag_text
 from data.chat import SYSTEM
 from data.tokenizer import load_tokenizer, special_id
 from model import Qwen2
@@ -127,19 +128,29 @@ def normalize_math(ans):
         return ans
 
 
+# The math prompt of the authors' evaluation (LightEval's AIME/MATH-500 tasks).
+MATH_PROMPT = ("Solve the following math problem efficiently and clearly.  The last line of your response "
+               "should be of the following format: 'Therefore, the final answer is: $\\boxed{{ANSWER}}$. "
+               "I hope it is correct' (without quotes) where ANSWER is just the final number or expression "
+               "that solves the problem. Think step by step before answering.\n\n{question}")
+
+
 class MathTask:
     """Questions and answers from a JSONL benchmark (fields question or problem, and answer)."""
 
     def __init__(self, path):
         self.rows = []
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    obj = json.loads(line)
-                    q = obj.get("question", obj.get("problem"))
-                    if q is None or "answer" not in obj:
-                        raise ValueError(f"{path}:{n}: needs 'question' (or 'problem') and 'answer'")
-                    self.rows.append((q, normalize_math(str(obj["answer"]))))
+        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, n, None, f"invalid JSON ({e.msg})") from None
+            q = obj.get("question", obj.get("problem"))
+            if not isinstance(q, str) or "answer" not in obj:
+                raise DataError(path, n, "question", "needs a string 'question' (or 'problem') and an 'answer'")
+            self.rows.append((MATH_PROMPT.format(question=q), normalize_math(str(obj["answer"]))))
         self.strategies, self.system = None, SYSTEM
 
     def answer(self, text):
@@ -320,7 +331,10 @@ def main(argv=None):
         from data.synthetic import held_out
         task = SyntheticTask(held_out(a.train_questions, a.questions))
     else:
-        task = MathTask(a.data)
+        try:
+            task = MathTask(a.data)
+        except (DataError, OSError) as e:
+            sys.exit(f"error: {e}")
     evaluate_run(a.model, task, a.num_tags, a.shared_tag, a.samples, a.out, a.max_new,
                  temperature=a.temperature, top_p=a.top_p, seed=a.seed)
 
