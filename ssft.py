@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from data import DataError, chat, collate, encode, encode_example, forking_tags, load_traces, sequence, tag_text
 from data.tokenizer import load_tokenizer, special_id
-from distributed import Dist, build_model, find_checkpoint, load_optimizer, save_checkpoint, setup_dist
+from distributed import build_model, find_checkpoint, load_optimizer, save_checkpoint, setup_dist
 from hungarian import linear_sum_assignment
 from model import Config
 

@@ -18,7 +18,7 @@ import torch
 import ssft
 from data import encode_example, forking_tags, sequence
 from data.synthetic import SYSTEM, make_examples, tokenizer_for
-from hungarian import linear_sum_assignment
+from distributed import Dist
 from model import Config, Qwen2
 
 ROOT = Path(__file__).parent
@@ -35,7 +35,7 @@ def setup():
 
 
 def grid(model, encs, tags, L=16):
-    return ssft.cost_grid(model, encs, tags, L, 4096, 0, ssft.Dist())
+    return ssft.cost_grid(model, encs, tags, L, 4096, 0, Dist())
 
 
 def test_grid_is_the_mean_nll_of_each_pair(setup):
@@ -92,7 +92,7 @@ def test_gradients_come_only_from_the_matched_sequences(setup):
             model.zero_grad(set_to_none=set_to_none)
 
     opt = Capture()
-    loss, tokens, _ = ssft.train_step(model, opt, rows, cfg, 0, ssft.Dist())
+    loss, tokens, _ = ssft.train_step(model, opt, rows, cfg, 0, Dist())
     assert len(ssft.micro_batches([len(r[0]) for r in rows], 120)) > 1
     # The same by hand: the summed NLL of exactly the M matched sequences per question / tokens.
     total = sum(model(torch.tensor([i]), targets=torch.tensor([t]))[0].sum() for i, t in rows)

@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ssft  # noqa: E402
+from distributed import Dist  # noqa: E402
 from data import encode, encode_example, forking_tags, tag_text  # noqa: E402
 from data.synthetic import SYSTEM, make_examples, tokenizer_for  # noqa: E402
 from data.tokenizer import special_id  # noqa: E402
@@ -42,7 +43,7 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         t = time.perf_counter()
         for step in range(a.steps):
-            ssft.ssft_step(model, opt, cfg, train, encs, tags, shared, pad, step, ssft.Dist())
+            ssft.ssft_step(model, opt, cfg, train, encs, tags, shared, pad, step, Dist())
         seconds[mode] = (time.perf_counter() - t) / a.steps
     ratio = seconds["ssft"] / seconds["mixed"]
     print(f"{a.model} model, batch {cfg.batch} questions x 4 traces, 6 tags, L = {a.match_tokens}, "
