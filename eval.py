@@ -181,16 +181,12 @@ def coverage_tag(metrics_path):
 # Generation and the report
 
 
-def generate_per_tag(model, tok, task, num_tags, temperature, top_p, max_new, seed, shared=False,
-                     batch=256):
-    """For every question and tag, one generation: out[q][i] = (text, n_tokens). shared: every
-    slot gets the one tag <think> that a mixed-mode model was trained with."""
-    tags = [encode(tok, tag_text(None))] * num_tags if shared else forking_tags(tok, num_tags).ids
+def generate_per_tag(model, tok, prompts, tags, temperature, top_p, max_new, seed, batch=256):
+    """For every prompt and tag, one generation: out[q][i] = (text, n_tokens)."""
     stop = [special_id(tok, "<|im_end|>")]
-    jobs = [(q, i) for q in range(len(task.rows)) for i in range(num_tags)]
-    out = [[None] * num_tags for _ in task.rows]
+    jobs = [(q, i) for q in range(len(prompts)) for i in range(len(tags))]
+    out = [[None] * len(tags) for _ in prompts]
     g = torch.Generator(model.lm_head.weight.device).manual_seed(seed)
-    prompts = [encode(tok, prompt_text(q, task.system)) for q, _ in task.rows]
     for s in range(0, len(jobs), batch):
         chunk = jobs[s:s + batch]
         gen = model.generate([prompts[q] for q, _ in chunk], max_new, temperature, top_p, stop,
@@ -203,37 +199,38 @@ def generate_per_tag(model, tok, task, num_tags, temperature, top_p, max_new, se
 
 def evaluate(model, tok, task, num_tags, samples=4, temperature=0.7, top_p=0.95, max_new=256, seed=0,
              shared=False, chosen_tag=None):
-    """All metrics of the module docstring; `samples` groups of one sample per tag (per slot of
-    the shared tag, for a mixed-mode model); chosen_tag (1-based) adds pass@1_tag."""
+    """All metrics of the module docstring; `samples` groups of one sample per tag. shared: every
+    slot gets the one tag <think> that a mixed-mode model was trained with. chosen_tag (1-based)
+    adds pass@1_tag."""
     model.eval()
-    groups = [generate_per_tag(model, tok, task, num_tags, temperature, top_p, max_new, seed + g, shared)
+    prompts = [encode(tok, prompt_text(q, task.system)) for q, _ in task.rows]
+    tags = [encode(tok, tag_text(None))] * num_tags if shared else forking_tags(tok, num_tags).ids
+    groups = [generate_per_tag(model, tok, prompts, tags, temperature, top_p, max_new, seed + g)
               for g in range(samples)]
-    greedy = generate_per_tag(model, tok, task, num_tags, 0.0, 1.0, max_new, seed, shared)
+    greedy = generate_per_tag(model, tok, prompts, tags, 0.0, 1.0, max_new, seed)
     golds = [a for _, a in task.rows]
     ans = [[[task.answer(groups[g][q][i][0]) for i in range(num_tags)] for g in range(samples)]
            for q in range(len(golds))]  # ans[q][g][i]
     ok = np.array([[[a == gold for a in grp] for grp in qa] for qa, gold in zip(ans, golds)])  # (Q, G, N)
     lengths = np.array([[[groups[g][q][i][1] for i in range(num_tags)] for g in range(samples)]
                         for q in range(len(golds))])
+    g_ans = [[task.answer(t) for t, _ in row] for row in greedy]  # g_ans[q][i]
+    g_ok = np.array([[a == gold for a in row] for row, gold in zip(g_ans, golds)])  # (Q, N)
     n = samples * num_tags
     report = {
         "questions": len(golds), "num_tags": num_tags, "shared_tag": shared, "samples_per_tag": samples,
         "temperature": temperature, "top_p": top_p,
         "pass@1": float(ok[:, :, 0].mean()),
         "cons@N": float(np.mean([cons_native(qa, gold) for qa, gold in zip(ans, golds)])),
-        "greedy_cons@N": float(np.mean([majority([task.answer(t) for t, _ in greedy[q]]) == golds[q]
-                                        for q in range(len(golds))])),
+        "greedy_cons@N": float(np.mean([majority(row) == gold for row, gold in zip(g_ans, golds)])),
         "cons@k": {k: float(np.mean([cons_at_k(qa, gold, k) for qa, gold in zip(ans, golds)]))
                    for k in sorted({1, num_tags, n})},
         "pass@k": {k: float(np.mean([pass_at_k(n, int(c), k) for c in ok.reshape(len(golds), -1).sum(1)]))
                    for k in sorted({1, num_tags, n})},
         # Headroom for choosing the tag per question (GFPO): any tag's greedy answer right.
-        "greedy_oracle": float(np.mean([any(task.answer(t) == golds[q] for t, _ in greedy[q])
-                                        for q in range(len(golds))])),
+        "greedy_oracle": float(g_ok.any(1).mean()),
         "per_tag": [{"tag": i + 1, "accuracy": float(ok[:, :, i].mean()), "mean_length": float(lengths[:, :, i].mean()),
-                     "greedy_accuracy": float(np.mean([task.answer(greedy[q][i][0]) == golds[q]
-                                                       for q in range(len(golds))]))}
-                    for i in range(num_tags)],
+                     "greedy_accuracy": float(g_ok[:, i].mean())} for i in range(num_tags)],
     }
     if chosen_tag:
         report["pass@1_tag"] = {"tag": chosen_tag, "accuracy": report["per_tag"][chosen_tag - 1]["accuracy"]}
@@ -328,8 +325,8 @@ def main(argv=None):
     p.add_argument("--out", help="where to write the report (default: eval.json in the --model directory)")
     a = p.parse_args(argv)
     if a.data == "synthetic":
-        from data.synthetic import held_out
-        task = SyntheticTask(held_out(a.train_questions, a.questions))
+        from data.synthetic import split
+        task = SyntheticTask(split(a.train_questions, a.questions)[1])
     else:
         try:
             task = MathTask(a.data)

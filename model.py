@@ -378,13 +378,15 @@ class Qwen2(nn.Module):
         for i, r in enumerate(rows):
             ids[i, P - len(r):] = torch.tensor(r, device=device)
             valid[i, P - len(r):P] = True
-        padded = len({len(r) for r in rows}) > 1
         positions = (valid[:, :P].cumsum(-1) - 1).clamp(min=0)  # (B, P), 0 at each prompt start
-        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-        # Pad queries attend to themselves only, so no attention row is empty (NaN); unused anyway.
-        mask = (causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        padded = len({len(r) for r in rows}) > 1  # without padding, plain causal attention suffices
+        mask = None
+        if padded:
+            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+            # Pad queries attend to themselves only, so no attention row is empty (NaN); unused anyway.
+            mask = ((causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device))[:, None]
         cache = KVCache(self.config, B, S, device, self.lm_head.weight.dtype)
-        h = self.hidden_states(ids, positions, mask[:, None] if padded else None, cache)
+        h = self.hidden_states(ids, positions, mask, cache)
         logits = self.lm_head(h[:, -1])  # (B, V)
         out = [list(p) for p in prefix]
         done = torch.zeros(B, dtype=torch.bool, device=device)

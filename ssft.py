@@ -92,16 +92,18 @@ def parse_args(argv=None):
 # Data and tokenizer
 
 
-def load_task(cfg):
-    """Training examples, held-out examples (synthetic only), the tokenizer, the system message."""
+def load_task(cfg, tokenizer=None):
+    """Training examples, held-out examples (synthetic only), the tokenizer, the system message.
+    tokenizer: a path that overrides --tokenizer (a resumed run reads its checkpoint's)."""
+    tokenizer = tokenizer or cfg.tokenizer
     if cfg.data == "synthetic":
         from data.synthetic import SYSTEM, split, tokenizer_for
         train, held_out = split(cfg.train_questions, cfg.eval_questions)
-        tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else tokenizer_for(train)
+        tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for(train)
         return train, held_out, tok, SYSTEM
     train = load_traces(cfg.data, cfg.traces, cfg.allow_fewer)
-    if cfg.tokenizer or Path(cfg.model).is_dir():
-        return train, [], load_tokenizer(cfg.tokenizer or cfg.model), chat.SYSTEM
+    if tokenizer or Path(cfg.model).is_dir():
+        return train, [], load_tokenizer(tokenizer or cfg.model), chat.SYSTEM
     raise DataError(cfg.data, None, None, f"--model {cfg.model} is a preset: pass --tokenizer")
 
 
@@ -248,9 +250,7 @@ def run(cfg):
         sys.exit(f"--batch {cfg.batch} must be a multiple of the {d.world} ranks")
 
     # Everything that can reject the input runs before anything is written to --out.
-    train, held_out, tok, system = load_task(cfg)
-    if state:
-        tok = load_tokenizer(ckpt)
+    train, held_out, tok, system = load_task(cfg, ckpt if state else None)
     if cfg.mode != "mixed" and cfg.num_tags < min(len(e.traces) for e in train):
         sys.exit(f"--num-tags {cfg.num_tags} is fewer than the traces of a question: each needs its own tag")
     encs = [encode_example(tok, e, system) for e in train]

@@ -80,10 +80,6 @@ def split(n_train, n_held_out):
     return examples[:n_train], examples[n_train:]
 
 
-def held_out(n_train, n_held_out):
-    return split(n_train, n_held_out)[1]
-
-
 def classify(text):
     """The strategy a generated solution uses (its opening word), or None."""
     first = text.split(maxsplit=1)[0] if text.strip() else ""
