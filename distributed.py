@@ -1,38 +1,48 @@
 """
-One process or many: torchrun with FSDP2, model loading by broadcast from rank 0, and atomic
-checkpoints. Shared by the trainers (ssft.py; gfpo.py to come).
+One process or many: the ranks of a run, the precision policy, FSDP2, and loading a model onto
+the ranks. Shared by the trainers (ssft.py, gfpo.py); checkpoints are in checkpoint.py.
 
-- `setup_dist()` reads torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK): NCCL on GPUs, gloo on
-  CPU, where two ranks reproduce one process to ~1e-6 (tested in test_ssft.py).
-- `shard(model)`: fully_shard per decoder block, the embedding, and [norm, lm_head] (with the
-  embedding when tied: one parameter, one unit), then the root; bf16 compute, fp32 reduction.
-- `build_model(...)`: rank 0 reads the HF checkpoint (or initialises a preset); the others build
-  on the meta device and receive their shards from rank 0 (set_model_state_dict with
-  broadcast_from_rank0), so only rank 0 ever holds the full weights.
-- `save_checkpoint(...)`: out/checkpoint is a HF model directory (loadable by transformers and
-  vLLM) plus tokenizer.json and trainer_state.pt, written as out/checkpoint.tmp and swapped in by
-  renames, so a crash never leaves a half-written checkpoint.
+- `setup_world()` reads torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK): NCCL on GPUs, gloo
+  on CPUs, where two ranks reproduce one process to ~1e-6 (tested in test_ssft.py). A single
+  process on a GPU also gets a (one-rank) process group, so that every GPU run trains the same way.
+- `compute_dtype(device)` is the project's one precision decision: bf16 matmuls on GPUs with fp32
+  master weights, optimizer state and gradient reduction; fp32 on CPUs. Training applies it through
+  FSDP2's MixedPrecisionPolicy (`shard`), evaluation loads weights in it; nothing uses autocast.
+- `shard(model, world)`: fully_shard per decoder block, the embedding, and [norm, lm_head] (with
+  the embedding when tied: one parameter, one unit), then the root. FSDP's division of gradients
+  by the number of ranks is turned off: the trainers divide their summed losses by the loss tokens
+  of the global batch, so the gradient sum over ranks is the global mean as written.
+- `build_model(...)`: every rank builds the model on the meta device and shards it; rank 0 then
+  streams the HF safetensors tensor by tensor (in fp32, the master dtype) and each tensor is
+  broadcast and kept as each rank's slice, so no process ever holds the full model.
 
     torchrun --nproc_per_node=2 ssft.py --model tiny --steps 3      # two gloo ranks on a CPU
+    python bench/bench_load.py                                     # peak memory while loading
 """
+import contextlib
+import datetime
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from model import Config, Qwen2
+from model import Config, Qwen2, checkpoint_index, read_tensor
+
+# A rank that waits longer than this in a collective gives up (NCCL's default is 10 minutes; a
+# checkpoint of a 32B model, written while the other ranks wait in a barrier, can take longer).
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @dataclass
-class Dist:
+class World:
+    """This process's place among the ranks of the run."""
     rank: int = 0
-    world: int = 1
+    size: int = 1
     device: torch.device = torch.device("cpu")
+    group: bool = False  # a process group exists (always when size > 1; on one GPU too)
 
     @property
     def main(self):
@@ -40,7 +50,7 @@ class Dist:
 
     def sum(self, x):
         """Sum a float or int over ranks (identity in one process)."""
-        if self.world == 1:
+        if self.size == 1:
             return x
         t = torch.tensor(x, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
@@ -48,34 +58,56 @@ class Dist:
 
     def gather(self, obj):
         """All ranks' objects, in rank order, on every rank."""
-        if self.world == 1:
+        if self.size == 1:
             return [obj]
-        out = [None] * self.world
+        out = [None] * self.size
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast(self, obj):
+        """Rank 0's object on every rank."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self):
-        if self.world > 1:
+        if self.size > 1:
             dist.barrier()
 
+    def close(self):
+        if self.group:
+            dist.destroy_process_group()
 
-def setup_dist():
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    if backend == "nccl":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+
+def setup_world():
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    cuda = torch.cuda.is_available()
+    if size == 1 and not cuda:
+        return World()
+    if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    return Dist(dist.get_rank(), dist.get_world_size(), device)
+    backend = "nccl" if cuda else "gloo"
+    if size == 1:  # `python ssft.py` on a GPU: a one-rank group, so FSDP2 applies the precision policy
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=COLLECTIVE_TIMEOUT, device_id=device)
+    else:
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT, device_id=device if cuda else None)
+    return World(dist.get_rank(), dist.get_world_size(), device, group=True)
 
 
-def shard(model, d):
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if d.device.type == "cuda" else MixedPrecisionPolicy()
+def compute_dtype(device):
+    """bf16 on GPUs, fp32 on CPUs (where bf16 is ~75x slower): the one precision decision."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def shard(model, world):
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype(world.device), reduce_dtype=torch.float32)
     for block in model.model.layers:
         fully_shard(block, mp_policy=mp)
     head = [model.model.norm, model.lm_head]
@@ -86,52 +118,61 @@ def shard(model, d):
     # The head is needed again at the very start of backward: keep it gathered after forward.
     fully_shard(head, mp_policy=mp, reshard_after_forward=False)
     fully_shard(model, mp_policy=mp)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)  # sum over ranks; the loss divides by global tokens
+            m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-scaled sum)
 
 
-def build_model(d, source, config):
+def build_model(world, source=None, config=None):
     """The model on every rank, from a HF checkpoint directory `source` or, if None, initialised
     from `config` (seed torch first: the same seed gives the same model at any rank count)."""
-    if d.main or d.world == 1:
-        model = Qwen2.from_pretrained(source) if source else Qwen2(config)
-    else:
-        with torch.device("meta"):
-            model = Qwen2(config or Config.from_json(Path(source) / "config.json"))
-    if d.world == 1:
-        return model.to(d.device)
-    full = model.state_dict() if d.main else {}
+    if not world.group:  # one CPU process: a plain module in fp32
+        return Qwen2.from_pretrained(source) if source else Qwen2(config)
+    config = config or Config.from_json(Path(source) / "config.json")
     with torch.device("meta"):
-        sharded = Qwen2(model.config)
-    shard(sharded, d)
-    sharded.to_empty(device=d.device)
-    set_model_state_dict(sharded, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    sharded.tie_weights()
-    return sharded
+        model = Qwen2(config)
+    shard(model, world)
+    model.to_empty(device=world.device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    if source is None:
+        # Initialise the full model on rank 0 (a preset is small) and broadcast it.
+        full = Qwen2(config).state_dict() if world.main else {}
+        set_model_state_dict(model, full, options=options)
+    else:
+        # Every rank checks the files (headers only) so that a bad checkpoint fails everywhere alike.
+        index = checkpoint_index(source, model.expected_tensors())
+        for name, file in index.items():  # one tensor at a time: rank 0 holds at most one, in fp32
+            full = {name: read_tensor(file, name).float()} if world.main else {}
+            set_model_state_dict(model, full, options=options)
+    model.tie_weights()
+    return model
 
 
-def save_checkpoint(out, model, opt, tok, state, d):
-    """Gather the full model and optimizer states on rank 0 and write out/checkpoint atomically;
-    `state` (step, config, ...) goes into trainer_state.pt beside the optimizer."""
-    model_sd, opt_sd = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if d.main:
-        tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=model_sd)
-        tok.save(str(tmp / "tokenizer.json"))
-        torch.save({**state, "optimizer": opt_sd}, tmp / "trainer_state.pt")
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    d.barrier()
+def sync_gradients(model, sync):
+    """Whether the next backward reduces gradients over ranks. FSDP2 otherwise accumulates them
+    unsharded on each rank, so that micro-batches before the last cost no communication."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
 
 
-def load_optimizer(model, opt, opt_sd):
-    set_optimizer_state_dict(model, opt, opt_sd, options=StateDictOptions(full_state_dict=True))
-
-
-def find_checkpoint(out):
-    """The newest complete checkpoint: checkpoint/, or checkpoint.old if a swap was interrupted."""
-    for name in ("checkpoint", "checkpoint.old"):
-        if (out / name / "trainer_state.pt").exists():
-            return out / name
-    return None
+@contextlib.contextmanager
+def gathered(model):
+    """Under FSDP2, all-gather every unit once and keep it gathered inside the block (sampling: one
+    gather per rollout phase instead of one per decoded token), then shard again. It costs one full
+    copy of the weights in the compute dtype per rank (2 bytes per parameter: 65 GB for 32B). A
+    plain module is left as it is."""
+    from torch.distributed.fsdp import FSDPModule
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        head = {model, model.lm_head, model.model.norm}  # gathered after forward (see shard), as the root
+        if model.config.tie_word_embeddings:
+            head.add(model.model.embed_tokens)
+        for m in units:
+            m.set_reshard_after_forward(m not in head, recurse=False)
+            m.reshard()

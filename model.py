@@ -21,11 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 
-from kernels import sequence_nll
+
+# The fields that fix the tensor shapes: a config.json without any of them is not a Qwen2 config.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads")
 
 
 @dataclass
@@ -48,18 +51,26 @@ class Config:
 
     @classmethod
     def from_json(cls, path):
-        with open(path) as f:
-            raw = json.load(f)
-        if raw.get("use_sliding_window", False):
-            raise ValueError(f"{path}: use_sliding_window=true is not supported (Qwen2.5 ships false)")
-        if raw.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"{path}: hidden_act={raw['hidden_act']!r}, expected 'silu'")
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable config.json ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        for name in SHAPE_FIELDS:
+            if not isinstance(raw.get(name), int) or isinstance(raw[name], bool) or raw[name] < 1:
+                raise ValueError(f"{path}: field {name!r} must be a positive integer, got {raw.get(name)!r}")
+        if raw["hidden_size"] % raw["num_attention_heads"] or raw["num_attention_heads"] % raw["num_key_value_heads"]:
+            raise ValueError(f"{path}: hidden_size, num_attention_heads and num_key_value_heads must divide evenly")
         # transformers >= 5 writes rope_parameters: {"rope_theta": ...}; older files a top-level key.
         rope = raw.get("rope_parameters") or {}
         # A file with neither key means transformers' Qwen2Config default, 1e4 (Qwen2.5 files say 1e6).
         raw["rope_theta"] = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"{path}: rope_type={rope['rope_type']!r} is not supported")
+        for key, value, ok in (("use_sliding_window", raw.get("use_sliding_window"), False),  # Qwen2.5: false
+                               ("hidden_act", raw.get("hidden_act", "silu"), "silu"),
+                               ("rope_type", rope.get("rope_type", "default"), "default")):
+            if value and value != ok:
+                raise ValueError(f"{path}: {key}={value!r} is not supported (only {ok!r})")
         config = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
         head_dim = raw.get("head_dim")
         if head_dim is not None and head_dim != config.head_dim:
@@ -67,16 +78,9 @@ class Config:
         return config
 
     def to_json(self, dtype):
-        return {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
-            "hidden_act": "silu",
-            "use_sliding_window": False,
-            "attention_dropout": 0.0,
-            "dtype": str(dtype).removeprefix("torch."),
-            **asdict(self),
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
-        }
+        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+                "use_sliding_window": False, "attention_dropout": 0.0, "dtype": str(dtype).removeprefix("torch."),
+                **asdict(self), "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta}}
 
     @classmethod
     def preset(cls, name):
@@ -207,24 +211,30 @@ class Block(nn.Module):
 
 
 class LMHead(nn.Linear):
-    """The output projection; with targets its forward returns per-sequence losses instead.
+    # The training loss is computed in this module's forward, not from logits by the caller: the
+    # fused loss reads lm_head.weight itself so that the (B*T, V) logits never exist, and FSDP2
+    # gathers lm_head.weight only inside a forward of the module that owns it.
+    def forward(self, h, targets=None, per_token=False):
+        return super().forward(h) if targets is None else row_nll(h, self.weight, targets, per_token)
 
-    The loss lives in this module's forward because FSDP2 only unshards lm_head.weight inside a
-    forward of the module that owns it, and the fused loss reads the weight directly.
-    """
 
-    def forward(self, h, targets=None):
-        if targets is None:
-            return super().forward(h)  # logits (..., V)
-        B, T, d = h.shape
-        seq_ids = torch.arange(B, device=h.device).repeat_interleave(T)  # row b is sequence b
-        # Under autocast, do what it would do for a Linear (compute in its dtype) by hand: the
-        # fused loss is a custom autograd Function, whose backward autocast does not reach.
-        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) \
-            else self.weight.dtype
-        with torch.autocast(h.device.type, enabled=False):
-            return sequence_nll(h.reshape(B * T, d).to(dtype), self.weight.to(dtype),
-                                targets.reshape(B * T), seq_ids, B)
+def row_nll(h, weight, targets, per_token=False):
+    """Per-row next-token loss, each row one sequence: h (B, T, d), weight (V, d), targets (B, T)
+    with -100 = no loss -> nll_sum (B,) fp32 (the summed NLL of each row's targets), n_tokens (B,);
+    per_token: the NLL of every position instead, (B, T) fp32, and the (B, T) mask as counts.
+    Uses the fused loss of kernels/ when that package is importable; model.py copied on its own
+    falls back to full logits (the same numbers, at (B*T, V) fp32 memory)."""
+    B, T, d = h.shape
+    try:
+        from kernels import sequence_nll
+    except ImportError:
+        nll = F.cross_entropy(F.linear(h, weight).float().flatten(0, 1), targets.flatten(),
+                              reduction="none").view(B, T)  # ignore_index -100: nll 0 there
+        return (nll, targets != -100) if per_token else (nll.sum(1), (targets != -100).sum(1))
+    # each position adds to its own sequence (per token) or to its row's
+    seq_ids = torch.arange(B * T, device=h.device) // (1 if per_token else T)
+    nll, n = sequence_nll(h.reshape(B * T, d), weight, targets.reshape(B * T), seq_ids, B * T if per_token else B)
+    return (nll.view(B, T), n.view(B, T)) if per_token else (nll, n)
 
 
 class Qwen2(nn.Module):
@@ -279,11 +289,12 @@ class Qwen2(nn.Module):
             cache.len += T
         return self.model.norm(x)
 
-    def forward(self, input_ids, targets=None, **kwargs):
-        """input_ids (B, T) -> logits (B, T, V); or, with targets (B, T) aligned to the positions
-        (targets[:, t] is the token to predict after position t, -100 = no loss), the per-sequence
-        fp32 NLL sums (B,) and loss-token counts (B,), without materialising the logits."""
-        return self.lm_head(self.hidden_states(input_ids, **kwargs), targets)
+    def forward(self, input_ids, targets=None, last=False, per_token=False, **kwargs):
+        """input_ids (B, T) -> logits (B, T, V), or (B, V) of the last position only if `last`. With
+        targets (B, T) (targets[:, t] is the token that follows position t, -100 = no loss) it returns
+        the training loss instead, one row one sequence: nll_sum (B,) fp32, n_tokens (B,) (row_nll)."""
+        h = self.hidden_states(input_ids, **kwargs)
+        return self.lm_head(h[:, -1] if last else h, targets, per_token)
 
     # ---------------------------------------------------------------------------------------------
     # Hugging Face checkpoints
@@ -293,82 +304,66 @@ class Qwen2(nn.Module):
         """Load a transformers Qwen2 checkpoint directory (one model.safetensors, or shards listed
         in model.safetensors.index.json). The model is built on the meta device and each tensor
         is assigned as it is read, so no second full copy of the weights is ever held."""
-        path = Path(path)
-        config = Config.from_json(path / "config.json")
+        config = Config.from_json(Path(path) / "config.json")
         with torch.device("meta"):
             model = cls(config)
-        expected = set(model.state_dict()) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
-        loaded = set()
-        for file in checkpoint_files(path):
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    if name.endswith("rotary_emb.inv_freq"):  # old checkpoints carry this buffer
-                        continue
-                    if name not in expected:
-                        raise ValueError(f"{file}: unexpected tensor {name!r}")
-                    t = f.get_tensor(name).to(device=device, dtype=dtype)
-                    model.load_state_dict({name: t}, strict=False, assign=True)
-                    loaded.add(name)
-        if missing := expected - loaded:
-            raise ValueError(f"{path}: checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        for name, file in checkpoint_index(path, model.expected_tensors()).items():
+            t = read_tensor(file, name).to(device=device, dtype=dtype)
+            model.load_state_dict({name: t}, strict=False, assign=True)
         model.tie_weights()
         return model
 
-    def save_pretrained(self, path, state_dict=None, max_shard_bytes=5 * 2**30):
+    def expected_tensors(self):  # the tensors of a checkpoint (tied ones carry no lm_head.weight)
+        return set(self.state_dict()) - ({"lm_head.weight"} if self.config.tie_word_embeddings else set())
+
+    def save_pretrained(self, path, tensors=None, dtype=None, max_shard_bytes=5 * 2**30):
         """Write config.json and safetensors in transformers' layout, sharded with an index above
-        max_shard_bytes. state_dict overrides self.state_dict() (FSDP passes the gathered one)."""
+        max_shard_bytes. `tensors` yields (name, tensor) pairs, by default this model's state; each
+        shard is written as soon as it is full (FSDP streams gathered tensors), so at most one
+        shard is held. dtype: the stored dtype (default: the tensors')."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        sd = dict(self.state_dict() if state_dict is None else state_dict)
-        if self.config.tie_word_embeddings:
-            sd.pop("lm_head.weight", None)  # transformers re-ties it from the embedding
-        sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-        dtype = next(iter(sd.values())).dtype
-        with open(path / "config.json", "w") as f:
-            json.dump(self.config.to_json(dtype), f, indent=2)
-        shards, size = [[]], 0
-        for name, t in sd.items():
-            nbytes = t.numel() * t.element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append([])
-                size = 0
-            shards[-1].append(name)
-            size += nbytes
-        if len(shards) == 1:
-            save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
-            return
-        weight_map = {}
-        for i, names in enumerate(shards):
-            file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file({n: sd[n] for n in names}, path / file, metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(names, file))
-        total = sum(t.numel() * t.element_size() for t in sd.values())
-        with open(path / "model.safetensors.index.json", "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        shards, total = [{}], 0  # every shard but the last is already on disk (and emptied)
+        for name, t in self.state_dict().items() if tensors is None else tensors:
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue  # transformers re-ties it from the embedding
+            t = t.detach().to("cpu", dtype=dtype or t.dtype).contiguous()
+            dtype, total = t.dtype, total + t.nbytes
+            if shards[-1] and sum(x.nbytes for x in shards[-1].values()) + t.nbytes > max_shard_bytes:
+                save_file(shards[-1], path / f"part-{len(shards)}", metadata={"format": "pt"})
+                shards[-1] = dict.fromkeys(shards[-1])
+                shards.append({})
+            shards[-1][name] = t
+        save_file(shards[-1], path / f"part-{len(shards)}", metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps(self.config.to_json(dtype), indent=2))
+        names = ["model.safetensors"] if len(shards) == 1 else \
+            [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+        for i, name in enumerate(names):  # the count is known only now
+            (path / f"part-{i + 1}").rename(path / name)
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {t: name for name, shard in zip(names, shards) for t in shard}}
+            (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
     # ---------------------------------------------------------------------------------------------
     # Sampling
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_ids=(),
-                 prefix=None, generator=None, pad_id=0):
+    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_ids=(), prefix=None,
+                 generators=None, pad_id=0):
         """Batched decoding with a KV cache.
 
         input_ids: a (B, T) tensor or B lists of prompt ids of different lengths (left-padded here).
-        prefix: ids forced as the first generated tokens of every row (one list, or one per row),
-            e.g. the tag `<|im_start|><think3>\\n` appended after the chat prompt.
+        prefix: B lists of ids forced as the first generated tokens of each row, e.g. the tag
+            `<|im_start|><think3>\n` after the chat prompt.
         temperature 0 is greedy; otherwise softmax(logits / temperature) restricted to the top-p
-        nucleus, drawn with `generator` so a seed reproduces the samples.
+        nucleus, row b drawn with generators[b]: each row's samples depend on its own generator
+        alone, whatever else is in the batch.
         Returns B lists of generated ids (forced prefix included), each ending at its first stop id
-        (kept) or after max_new_tokens sampled tokens.
-        """
+        (kept) or after max_new_tokens sampled tokens."""
         rows = [list(map(int, r)) for r in (input_ids.tolist() if torch.is_tensor(input_ids) else input_ids)]
-        B = len(rows)
-        if prefix is None:
-            prefix = [[] for _ in rows]
-        elif not prefix or isinstance(prefix[0], int):
-            prefix = [list(prefix) for _ in rows]
-        rows = [r + list(p) for r, p in zip(rows, prefix)]
+        B, prefix = len(rows), [list(p) for p in prefix] if prefix else [[] for _ in rows]
+        rows = [r + p for r, p in zip(rows, prefix)]
         if min(map(len, rows)) == 0:
             raise ValueError("generate: every prompt needs at least one token")
         device = self.lm_head.weight.device
@@ -386,29 +381,26 @@ class Qwen2(nn.Module):
             # Pad queries attend to themselves only, so no attention row is empty (NaN); unused anyway.
             mask = ((causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device))[:, None]
         cache = KVCache(self.config, B, S, device, self.lm_head.weight.dtype)
-        h = self.hidden_states(ids, positions, mask, cache)
-        logits = self.lm_head(h[:, -1])  # (B, V)
-        out = [list(p) for p in prefix]
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-        pos = positions[:, -1]
+        logits = self(ids, last=True, position_ids=positions, attn_mask=mask, cache=cache)  # (B, V)
+        out, finished = prefix, torch.zeros(B, dtype=torch.bool, device=device)
+        stop, pos = torch.tensor(list(stop_ids), dtype=torch.long, device=device), positions[:, -1]
         for step in range(max_new_tokens):
-            tok = sample(logits, temperature, top_p, generator)  # (B,)
-            for i in (~done).nonzero().flatten().tolist():
+            tok = sample(logits, temperature, top_p, generators)  # (B,)
+            for i in (~finished).nonzero().flatten().tolist():
                 out[i].append(int(tok[i]))
-            done |= torch.isin(tok, stop)
-            if done.all() or step == max_new_tokens - 1:
+            finished |= torch.isin(tok, stop)
+            if finished.all() or step == max_new_tokens - 1:
                 break
             valid[:, P + step] = True
             pos = pos + 1
             mask = valid[:, None, None, :P + step + 1] if padded else None  # (B, 1, 1, S)
-            h = self.hidden_states(tok[:, None], pos[:, None], mask, cache)
-            logits = self.lm_head(h[:, -1])
+            logits = self(tok[:, None], last=True, position_ids=pos[:, None], attn_mask=mask, cache=cache)
         return out
 
 
-def sample(logits, temperature, top_p, generator=None):
-    """Next token per row from logits (B, V): argmax at temperature 0, else nucleus sampling."""
+def sample(logits, temperature, top_p, generators=None):
+    """Next token per row from logits (B, V): argmax at temperature 0, else nucleus sampling, row b
+    by inverting its CDF at a uniform draw of generators[b]."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -416,21 +408,42 @@ def sample(logits, temperature, top_p, generator=None):
         sorted_p, order = probs.sort(-1, descending=True)
         # Drop a token once the mass ranked above it already reaches top_p (the first always stays).
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+    cdf = probs.cumsum(-1)  # (B, V)
+    u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(cdf.device)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp(max=cdf.shape[1] - 1)
 
 
-def checkpoint_files(path):
-    """The safetensors files of a checkpoint directory: the shards of the index, or the one file."""
-    path = Path(path)
+def checkpoint_index(path, expected):
+    """{tensor name: file} of a HF checkpoint directory (the shards of model.safetensors.index.json,
+    or model.safetensors), checked against the `expected` names. Reads headers only. ValueError
+    names the file that is unreadable or holds an unexpected tensor, or the directory that lacks one."""
+    path, where, file = Path(path), {}, None
     index = path / "model.safetensors.index.json"
-    if index.exists():
-        with open(index) as f:
-            return [path / name for name in sorted(set(json.load(f)["weight_map"].values()))]
-    if (path / "model.safetensors").exists():
-        return [path / "model.safetensors"]
-    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    try:
+        files = [path / "model.safetensors"]
+        if index.exists():
+            file = index
+            files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        for file in files:
+            with safe_open(file, framework="pt") as f:  # rotary_emb.inv_freq: a buffer old files carry
+                where.update((name, file) for name in f.keys() if not name.endswith("rotary_emb.inv_freq"))
+    except (ValueError, KeyError, AttributeError, SafetensorError, OSError) as e:
+        raise ValueError(f"{file or path}: not a readable safetensors checkpoint ({e})") from None
+    if unexpected := set(where) - expected:
+        name = sorted(unexpected)[0]
+        raise ValueError(f"{where[name]}: unexpected tensor {name!r}")
+    if missing := expected - set(where):
+        raise ValueError(f"{path}: checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+    return where
+
+
+def read_tensor(file, name):
+    try:
+        with safe_open(file, framework="pt") as f:
+            return f.get_tensor(name)
+    except (SafetensorError, OSError) as e:  # e.g. a file cut short by a full disk
+        raise ValueError(f"{file}: tensor {name!r} cannot be read ({e})") from None
 
 
 def count_parameters(model):

@@ -1,9 +1,13 @@
 """
 Pictures of a run (needs matplotlib, an optional extra: pip install matplotlib):
 - strategies.png: the tags x strategies heatmaps of eval.json (sampled and greedy);
-- matching.png: over the steps, the loss and the mean matched cost; matching convergence (the
-  share of questions whose tag assignment changed since they were last seen, with its running
-  mean); and which tags the training matching gave each source in the last fifth of the run.
+- matching.png (ssft.py runs): over the steps, the loss and the mean matched cost; matching
+  convergence (the share of questions whose tag assignment changed since they were last seen, with
+  its running mean); and which tags the training matching gave each source in the last fifth;
+- policy.png (gfpo.py runs): the mean reward and the share of zero-variance groups over the steps,
+  and the mean probability of each tag at the forking token;
+- temperatures.png (plot_temperatures): Pass@1 against Pass@k and Cons@N, one curve per model,
+  one point per sampling temperature.
 
     python plots.py out/ssft
 """
@@ -36,7 +40,14 @@ def plot_run(out, report=None):
         fig.tight_layout()
         fig.savefig(out / "strategies.png", dpi=120)
         plt.close(fig)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = []
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass  # a line cut short by a crash
+    if rows and "reward" in rows[0]:
+        return plot_policy(out, rows)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["loss"] for r in rows], label="training loss")
@@ -44,8 +55,8 @@ def plot_run(out, report=None):
     if rows[0]["match_cost"] is not None:
         axes[0].plot(steps, [r["match_cost"] for r in rows], label="matched cost")
         changed = [(r["step"], r["changed"]) for r in rows if r["changed"] is not None]
-        x, y = zip(*changed)
-        k = min(20, len(y))
+        x, y = zip(*changed) if changed else ((), ())  # empty until a question is seen twice
+        k = max(1, min(20, len(y)))
         axes[1].plot(x, y, ".", markersize=2, alpha=0.5)
         axes[1].plot(x[k - 1:], [sum(y[i:i + k]) / k for i in range(len(y) - k + 1)], label=f"mean of {k}")
         axes[1].set(xlabel="step", ylabel="assignments changed since last seen")
@@ -63,6 +74,42 @@ def plot_run(out, report=None):
     fig.savefig(out / "matching.png", dpi=120)
     plt.close(fig)
     print(f"wrote {out / 'strategies.png'} and {out / 'matching.png'}")
+
+
+def plot_policy(out, rows):
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    axes[0].plot(steps, [r["reward"] for r in rows], label="mean reward")
+    axes[0].plot(steps, [r["zero_variance"] for r in rows], label="groups of equal rewards")
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    probs = list(zip(*[r["tag_probability"] for r in rows]))
+    axes[1].stackplot(steps, probs, labels=[f"<think{i + 1}>" for i in range(len(probs))])
+    axes[1].set(xlabel="step", ylabel="P(tag | question), mean")
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "policy.png", dpi=120)
+    plt.close(fig)
+    print(f"wrote {out / 'policy.png'}")
+
+
+def plot_temperatures(results, path, k):
+    """results: {model name: {temperature: eval report}}; Pass@1 against Pass@k and Cons@N."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, by_t in results.items():
+        ts = sorted(by_t, key=float)
+        p1 = [by_t[t]["pass@1"] for t in ts]
+        for ax, y in zip(axes, ([by_t[t]["pass@k"][str(k)] for t in ts], [by_t[t]["cons@N"] for t in ts])):
+            ax.plot(p1, y, "o-", label=name)
+            for t, x, v in zip(ts, p1, y):
+                ax.annotate(f"T={t}", (x, v), fontsize=7)
+    axes[0].set(xlabel="pass@1", ylabel=f"pass@{k}", title="diversity against accuracy")
+    axes[1].set(xlabel="pass@1", ylabel="cons@N (one sample per tag, vote)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

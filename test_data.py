@@ -8,10 +8,12 @@ import json
 
 import pytest
 
-from data import (IGNORE, DataError, collate, encode, encode_example, forking_tags, load_traces,
+from batches import pad
+from data import (DataError, encode, encode_example, forking_tags, load_traces,
                   prompt_text, sequence, tag_text)
 from data import synthetic
 from data.tokenizer import qwen25_tokenizer
+from kernels import IGNORE_INDEX
 
 GOOD = {"id": "q1", "question": "What is 2+2?", "traces": ["2+2=4. So 4.", "Two and two make four."],
         "answer": "4", "sources": ["a", "b"]}
@@ -103,11 +105,11 @@ def test_sequence_loss_mask(qwen):
     full = enc.prompt + tag + enc.traces[0]
     assert ids == full[:-1] and len(targets) == len(ids)
     first = len(enc.prompt)  # the first tag token: everything after <|im_start|>assistant\n takes loss
-    assert targets[:first - 1] == [IGNORE] * (first - 1)
+    assert targets[:first - 1] == [IGNORE_INDEX] * (first - 1)
     assert targets[first - 1:] == full[first:]
     assert full[-1] == 151645  # the trace ends with <|im_end|>, which is learned
     _, no_tag = sequence(enc.prompt, tag, enc.traces[0], tag_loss=False)
-    assert no_tag.count(IGNORE) == first - 1 + len(tag)
+    assert no_tag.count(IGNORE_INDEX) == first - 1 + len(tag)
     ids, targets = sequence(enc.prompt, tag, enc.traces[0], max_len=10)
     assert len(ids) == len(targets) == 10
 
@@ -117,14 +119,13 @@ def load_traces_from_dict(obj):
     return _example(obj, "mem", 1, None, False)
 
 
-def test_collate_pads_right_without_loss():
-    ids, targets = collate([([1, 2, 3], [2, 3, IGNORE]), ([4], [5])], pad_id=0)
-    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]]
-    assert targets.tolist() == [[2, 3, IGNORE], [5, IGNORE, IGNORE]]
-
-
-# -------------------------------------------------------------------------------------------------
-# The synthetic task
+def test_padding_right_and_left():
+    ids, real = pad([[1, 2, 3], [4]], 0, "cpu")
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and real.tolist() == [[True] * 3, [True, False, False]]
+    targets, _ = pad([[2, 3, IGNORE_INDEX], [5]], IGNORE_INDEX, "cpu")  # padding takes no loss
+    assert targets.tolist() == [[2, 3, IGNORE_INDEX], [5, IGNORE_INDEX, IGNORE_INDEX]]
+    ids, real = pad([[1, 2, 3], [4]], 0, "cpu", left=True)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and real.tolist() == [[True] * 3, [False, False, True]]
 
 
 def test_every_strategy_solves_and_is_recognised():
@@ -158,5 +159,5 @@ def test_synthetic_tokenizer_forks_on_a_digit():
     tok = synthetic.tokenizer_for(examples)
     tags = forking_tags(tok, 6)
     assert [tok.decode([i]) for i in tags.fork_ids] == ["1", "2", "3", "4", "5", "6"]
-    text = prompt_text(examples[0].question, synthetic.SYSTEM) + tag_text(3) + examples[0].traces[2]
+    text = prompt_text(examples[0].question, synthetic.SYSTEM) + tag_text(2) + examples[0].traces[2]
     assert tok.decode(encode(tok, text), skip_special_tokens=False) == text

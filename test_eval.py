@@ -1,101 +1,158 @@
 """
-eval.py: every metric against values computed by hand on constructed outputs, the math grader on
-the real MATH-500 solutions, and the default `python ssft.py` path end to end on a small budget.
+eval.py: every report entry derived from the runs' samples in the right layout (a scripted model
+whose answers are known), the tag distribution against a direct forward pass, the coverage tag,
+bad input before anything is loaded, and the default `python ssft.py` path end to end.
 
     python -m pytest -q test_eval.py
 """
 import json
-import math
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+import eval as ev
 import ssft
-from eval import (MathTask, cons_at_k, cons_native, distinct, last_boxed, majority, normalize_math, pass_at_k,
-                  purity, strategy_table)
+from data import encode, forking_tags, prompt_text
+from data.synthetic import SYSTEM, make_examples, tokenizer_for
+from metrics import pass_at_k
+from model import Config, Qwen2
 
-SHARED = Path(__file__).resolve().parent.parent / "shared" / "data"
-
-
-def test_pass_at_k_matches_the_combinatorial_formula():
-    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))  # 0.7
-    assert pass_at_k(32, 5, 8) == pytest.approx(1 - math.comb(27, 8) / math.comb(32, 8))
-    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)  # pass@1 is the mean
-    assert pass_at_k(5, 0, 3) == 0.0
-    assert pass_at_k(5, 5, 1) == 1.0
-    assert pass_at_k(5, 3, 3) == 1.0  # n - c < k: every draw of 3 contains a correct one
-    assert pass_at_k(4, 1, 4) == 1.0
-    with pytest.raises(ValueError):
-        pass_at_k(3, 1, 4)
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared" / "data"
 
 
-def test_majority_ties_go_to_the_first_seen():
-    assert majority(["a", "b", "b", "a"]) == "a"
-    assert majority(["b", "a", "a", "b"]) == "b"
-    assert majority([None, "x", None, "y", "y"]) == "y"  # no answer is not a vote
-    assert majority([None, None]) is None
-    assert majority(["7"]) == "7"
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizer_for(make_examples(200, seed=0))
 
 
-def test_native_cons_votes_each_group_of_one_sample_per_tag():
-    groups = [["a", "b", "b"], ["a", "a", "c"], [None, None, "c"], ["c", "a", "b"]]
-    # votes: b (wrong), a (right), c (wrong), c (three-way tie: the first, c, wrong)
-    assert cons_native(groups, "a") == 0.25
-    assert cons_native([["b", "a", "a", "b"]], "b") == 1.0
+class Scripted(torch.nn.Module):
+    """A stand-in model whose generation is a known function of (question, tag, sample): question q
+    under tag i answers right unless (q + i + s) % 3 == 0, with strategy STRATEGIES[i % 4]."""
+
+    def __init__(self, tok, task, num_tags):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.tok, self.task = tok, task
+        self.tags = forking_tags(tok, num_tags).ids
+        self.prompts = [encode(tok, prompt_text(q, task.system)) for q in task.questions]
+
+    def generate(self, prompts, max_new, temperature, top_p, stop, prefix, generators):
+        out = []
+        for p, f, g in zip(prompts, prefix, generators):
+            q, i = self.prompts.index(list(p)), self.tags.index(list(f))
+            s = int(torch.randint(0, 1000, (), generator=g)) if temperature else 0  # a per-sample draw
+            answer = self.task.golds[q] if (q + i + s) % 3 else "0"
+            text = f"{self.task.strategies[i % 4]} steps answer {answer}"
+            out.append(list(f) + encode(self.tok, text) + stop)
+        return out
+
+    def forward(self, ids, last=False, **kwargs):  # uniform fork logits over the whole vocabulary
+        return torch.zeros(ids.shape[0], self.tok.get_vocab_size())
 
 
-def test_cons_at_k_reads_samples_round_robin():
-    groups = [["a", "b"], ["b", "b"], ["a", "a"]]  # round-robin order: a b b b a a
-    assert cons_at_k(groups, "b", 3) == 1.0  # a b b
-    assert cons_at_k(groups, "a", 2) == 1.0  # a b: tie, first seen
-    assert cons_at_k(groups, "a", 6) == 1.0  # a b b b a a: a 3-3 tie, a was seen first
-    assert cons_at_k([["a", "b"], ["b", "b"], ["b", "a"]], "a", 6) == 0.0  # b has 4 of 6
-    with pytest.raises(ValueError):
-        cons_at_k(groups, "a", 7)
+def test_report_derives_from_the_samples_in_order(tok):
+    examples = make_examples(5, seed=7)
+    task = ev.SyntheticTask(examples)
+    N, S, n = 6, 3, 4
+    model = Scripted(tok, task, N)
+    r = ev.evaluate(model, tok, task, num_tags=N, samples=S, pass_samples=n, seed=1)
+
+    def draw(run, q, i, s):  # the same per-sample draw the scripted model makes
+        return int(torch.randint(0, 1000, (), generator=ev.seeded(1, run, q, i, s)))
+
+    right = np.array([[[(q + i + draw(0, q, i, s)) % 3 != 0 for s in range(S)] for i in range(N)] for q in range(5)])
+    for i in range(N):
+        assert r["per_tag"][i]["accuracy"] == pytest.approx(right[:, i].mean())
+    # native Cons@N: per sample index s, the vote of the N tags' answers (a wrong answer is "0")
+    votes = []
+    for q in range(5):
+        for s in range(S):
+            answers = [task.golds[q] if right[q, i, s] else "0" for i in range(N)]
+            votes.append(max(answers, key=answers.count) == task.golds[q])
+    assert r["cons@N"] == pytest.approx(np.mean(votes))
+    c = [sum((q + draw(1, q, 0, s)) % 3 != 0 for s in range(n)) for q in range(5)]
+    assert r["pass@1"] == pytest.approx(np.mean(c) / n)
+    assert r["pass@k"][4] == pytest.approx(np.mean([pass_at_k(n, cq, 4) for cq in c]))
+    greedy = np.array([[(q + i) % 3 != 0 for i in range(N)] for q in range(5)])
+    assert r["greedy_oracle"] == pytest.approx(greedy.any(1).mean())
+    # strategies follow the tag: every table row is one strategy, purity 1, 4 strategies over 6 tags
+    assert r["purity"] == 1.0 and r["distinct"] == 4.0
+    assert [row.index(max(row)) for row in r["table"]] == [0, 1, 2, 3, 0, 1]
+    assert sum(map(sum, r["table"])) == 5 * N * S
+    # uniform logits: the tags equally likely among themselves (entropy log N), the rest outside
+    d = r["tag_distribution"]
+    assert d["entropy"] == pytest.approx(np.log(N)) and d["outside"] == pytest.approx(1 - N / tok.get_vocab_size())
 
 
-def test_purity_and_distinct():
-    tags = [0, 0, 0, 1, 1, 2]
-    strat = ["s1", "s1", "s2", None, None, "s3"]
-    assert purity(tags, strat) == pytest.approx((2 + 2 + 1) / 6)  # None counts as a kind of its own
-    assert purity([0, 0, 1, 1], ["a", "b", "a", "b"]) == 0.5
-    assert distinct([["a", "b", None], ["a", "a", "a"], [None, None, None]]) == pytest.approx(1.0)
-    assert strategy_table([0, 0, 1, 1], ["a", None, "b", "b"], 2, ["a", "b"]) == [[1, 0, 1], [0, 2, 0]]
+def test_tag_distribution_equals_a_direct_forward_pass(tok):
+    torch.manual_seed(0)
+    model = Qwen2(Config(**{**Config.preset("tiny").__dict__, "vocab_size": tok.get_vocab_size()})).eval()
+    tags = forking_tags(tok, 6)
+    prompts = [encode(tok, prompt_text(e.question, SYSTEM)) for e in make_examples(5, seed=2)]
+    logits = ev.fork_logits(model, prompts, tags, pad_id=0, budget=60)  # several left-padded passes
+    for q, p in enumerate(prompts):
+        direct = model(torch.tensor([p + tags.ids[0][:tags.fork]]))[0, -1]
+        torch.testing.assert_close(logits[q], direct, rtol=1e-5, atol=1e-5)
+    d = ev.tag_distribution(logits, tags)
+    probs = torch.softmax(logits, -1)
+    np.testing.assert_allclose(d["mean"], probs[:, tags.fork_ids].mean(0).numpy(), rtol=1e-5)
+    assert d["outside"] == pytest.approx(1 - probs[:, tags.fork_ids].sum(1).mean().item(), rel=1e-5)
 
 
-def test_math_answers():
-    assert last_boxed(r"so $\boxed{1}$ then \boxed{\frac{1}{2}} done") == r"\frac{1}{2}"
-    assert last_boxed("no box") is None
-    assert last_boxed(r"\boxed{unclosed") is None
-    assert normalize_math(r"\dfrac{1}{2}") == r"\frac{1}{2}" == normalize_math(r"$\frac{1}{2}$.")
-    assert normalize_math("1,000") == "1000" == normalize_math("1000.0")
-    assert normalize_math(r"\left( 3, \frac{\pi}{2} \right)") == r"(3,\frac{\pi}{2})"
-    assert normalize_math(r"\text{(C)}") == "(C)"
+def test_coverage_tag_counts_distinct_pairs(tmp_path):
+    lines = [{"step": 1, "assignment": {"a": [0, 2], "b": [2, 1]}}, {"step": 2, "assignment": {"a": [0, 2]}},
+             {"step": 3, "assignment": {"b": [1, 2]}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines) + '{"step": 4, "assi')
+    # tag 2: (a,1) (b,0) (b,1) -> 3 pairs; tag 0: 1; tag 1: (b,1) (b,0) -> 2
+    assert ev.coverage_tag(tmp_path / "metrics.jsonl") == 2
 
 
-@pytest.mark.skipif(not (SHARED / "math500.jsonl").exists(), reason="needs ../shared/data")
-def test_math_grader_on_the_real_math500_solutions():
-    """The reference solutions' last \\boxed{} graded against the answer field: a real-data check of
-    the grader, which must agree on nearly all of the 500 problems."""
-    rows = [json.loads(l) for l in (SHARED / "math500.jsonl").read_text().splitlines()]
-    task = MathTask(SHARED / "math500.jsonl")
-    agree = sum(task.answer(r["solution"]) == gold for r, (_, gold) in zip(rows, task.rows))
-    assert agree == 500, agree
-    assert task.answer(r"The answer is $\boxed{5}$.") != task.rows[0][1]  # a wrong answer stays wrong
-    aime = MathTask(SHARED / "aime24.jsonl")
-    assert len(aime.rows) == 30 and aime.rows[0][1] == "204"
-    assert aime.answer(r"Therefore, the final answer is: $\boxed{204}$. I hope it is correct") == "204"
+def run_eval(args):
+    return subprocess.run([sys.executable, "eval.py", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--samples", "-1"], "error: --samples -1: must be at least 0"),
+    (["--num-tags", "1"], "error: --num-tags 1: must be at least 2"),
+    (["--top-p", "0"], "error: --top-p 0.0: must be more than 0"),
+    (["--pass-samples", "x"], "error: argument --pass-samples: invalid int value: 'x'"),
+    (["--data", "nowhere.jsonl"], "error: --data nowhere.jsonl: must be 'synthetic' or an existing file"),
+    (["--model", "tiny"], "error: --model tiny: is not a model directory"),
+])
+def test_bad_flags_give_one_line(args, message, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    proc = run_eval(["--model", str(tmp_path), *args])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(message)
+
+
+def test_bad_benchmark_files_fail_before_the_model_loads(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # loading it would fail: it must not be reached
+    for content, message in [("", "no questions (the file is empty)"),
+                             ('{"problem": "1+1?"}\n', "field 'answer': missing"),
+                             ('{"answer": "2"}\n', "field 'question'")]:
+        (tmp_path / "bench.jsonl").write_text(content)
+        proc = run_eval(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "bench.jsonl")])
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert message in proc.stderr and "config.json" not in proc.stderr
 
 
 def test_default_path_end_to_end(tmp_path):
-    """`python ssft.py` in miniature: train, checkpoint, evaluate, write eval.json with every key."""
+    """`python ssft.py` in miniature: train, checkpoint, export, evaluate, write eval.json."""
     ssft.main(["--steps", "12", "--train-questions", "64", "--eval-questions", "6", "--batch", "8",
                "--out", str(tmp_path), "--model", "tiny"])
     report = json.loads((tmp_path / "eval.json").read_text())
-    for key in ("pass@1", "cons@N", "purity", "distinct", "per_tag", "table", "table_greedy"):
+    for key in ("pass@1", "cons@N", "cons@k", "pass@k", "purity", "distinct", "per_tag", "table", "table_greedy",
+                "pass@1_self", "tag_distribution", "greedy_oracle"):
         assert key in report
     assert len(report["per_tag"]) == 6 and report["questions"] == 6
     assert sum(map(sum, report["table"])) == 6 * 6 * report["samples_per_tag"]
     assert 0.0 <= report["purity"] <= 1.0 and 0.0 <= report["distinct"] <= 4.0
-    assert (tmp_path / "checkpoint" / "model.safetensors").exists()
+    assert (tmp_path / "model" / "model.safetensors").exists()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 12

@@ -74,6 +74,13 @@ def test_per_sequence_loss_matches_transformers():
         expected = hf(ids[b:b + 1], labels=labels[b:b + 1]).loss
         assert n[b] == (labels[b, 1:] != -100).sum()
         torch.testing.assert_close(nll[b] / n[b], expected, rtol=1e-5, atol=1e-6)
+    # per token: the NLL of each position under transformers' logits, 0 where there is no target
+    nll_t, mask = ours(ids, targets=targets, per_token=True)
+    logp = torch.log_softmax(hf(ids).logits.float(), -1)
+    expected = -logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * (targets != -100)
+    torch.testing.assert_close(nll_t, expected, rtol=1e-5, atol=1e-5)
+    assert mask.tolist() == (targets != -100).long().tolist()
+    torch.testing.assert_close(nll_t.sum(1), nll, rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_generation_matches_transformers():
@@ -96,7 +103,7 @@ def test_kv_cache_decode_equals_full_forward():
     torch.manual_seed(0)
     model = Qwen2(Config(**TINY, tie_word_embeddings=False)).eval()
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8]]
-    out = model.generate(prompts, max_new_tokens=6, prefix=[9, 10])
+    out = model.generate(prompts, max_new_tokens=6, prefix=[[9, 10]] * len(prompts))
     assert all(o[:2] == [9, 10] for o in out)
     for p, o in zip(prompts, out):
         full = torch.tensor([p + o])
@@ -121,19 +128,34 @@ def test_stop_ids_and_seeded_sampling():
     stop = greedy[0][3]
     stopped = model.generate(prompts, max_new_tokens=10, stop_ids=[stop])
     assert stopped[0] == greedy[0][:greedy[0].index(stop) + 1]
-    draw = lambda: model.generate(prompts, 10, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    draw = lambda: model.generate(prompts, 10, temperature=1.0,
+                                  generators=[torch.Generator().manual_seed(3 + i) for i in range(len(prompts))])
     assert draw() == draw()
     # A nucleus this small keeps only the most likely token: sampling becomes greedy.
-    nucleus = model.generate(prompts, 10, temperature=1.0, top_p=1e-6, generator=torch.Generator())
+    nucleus = model.generate(prompts, 10, temperature=1.0, top_p=1e-6, generators=[torch.Generator()] * len(prompts))
     assert nucleus == greedy
 
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample(logits, 1.0, 0.8, g) for _ in range(2000)])
+    draws = torch.stack([sample(logits, 1.0, 0.8, [g]) for _ in range(2000)])
     assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.8
     assert abs((draws == 0).float().mean().item() - 0.5 / 0.8) < 0.05
+    # Without a nucleus every token keeps its probability (the CDF inversion is unbiased).
+    draws = torch.stack([sample(logits, 1.0, 1.0, [g]) for _ in range(4000)]).flatten()
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.025, rtol=0)
+
+
+def test_each_row_samples_from_its_own_generator():
+    """A row's samples depend on its own generator only, not on the rows beside it in the batch."""
+    torch.manual_seed(0)
+    model = Qwen2(Config(**TINY)).eval()
+    alone = model.generate([[1, 2, 3]], 8, temperature=1.0, generators=[torch.Generator().manual_seed(5)])
+    batch = model.generate([[4, 5], [1, 2, 3], [6]], 8, temperature=1.0,
+                           generators=[torch.Generator().manual_seed(s) for s in (9, 5, 7)])
+    assert batch[1] == alone[0]
 
 
 @pytest.mark.parametrize("name,expected", [("qwen2.5-0.5b", 494_032_768), ("qwen2.5-32b", 32_763_876_352)])
@@ -158,7 +180,7 @@ def test_missing_tensor_is_an_error(tmp_path):
     model = Qwen2(Config(**TINY, tie_word_embeddings=False))
     sd = model.state_dict()
     del sd["model.norm.weight"]
-    model.save_pretrained(tmp_path, state_dict=sd)
+    model.save_pretrained(tmp_path, tensors=sd.items())
     with pytest.raises(ValueError, match="lacks 1 tensors"):
         Qwen2.from_pretrained(tmp_path)
 
@@ -176,3 +198,51 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_model_py_stands_alone(tmp_path):
+    """model.py copied on its own into an empty folder, run where nothing else of the project can
+    be imported: logits, the loss (full-logits fallback), generate, and a save/load round trip."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent
+    shutil.copy(root / "model.py", tmp_path / "model.py")
+    (tmp_path / "check.py").write_text(f"""
+import sys
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+assert all(Path(p or ".").resolve() != Path({str(root)!r}) for p in sys.path)
+from model import Config, Qwen2
+for name in ("kernels", "data", "distributed", "run"):
+    try:
+        __import__(name)
+        raise SystemExit(name + " is importable: not a clean folder")
+    except ImportError:
+        pass
+torch.manual_seed(0)
+model = Qwen2(Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2))
+ids = torch.randint(0, 50, (2, 7))
+logits = model(ids)
+assert logits.shape == (2, 7, 50)
+targets = ids.roll(-1, 1)
+targets[:, -1] = -100
+nll, n = model(ids, targets=targets)
+expect = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(1)
+torch.testing.assert_close(nll, expect)
+assert n.tolist() == [6, 6]
+out = model.generate(ids, 5)
+assert len(out) == 2 and all(len(o) == 5 for o in out)
+model.save_pretrained("saved")
+back = Qwen2.from_pretrained("saved")
+torch.testing.assert_close(back(ids), logits)
+print("ok")
+""")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "check.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

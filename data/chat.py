@@ -19,11 +19,10 @@ forking position) never depend on the neighbouring text.
 """
 from dataclasses import dataclass
 
-import torch
+from kernels import IGNORE_INDEX
 
 SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-IGNORE = -100  # target value that takes no loss
 
 
 def prompt_text(question, system=SYSTEM):
@@ -33,8 +32,9 @@ def prompt_text(question, system=SYSTEM):
 
 
 def tag_text(i):
-    """Tag i (1-based) opening the reasoning; None gives the single shared tag of `mixed` mode."""
-    return f"{IM_START}<think{'' if i is None else i}>\n"
+    """Tag i (0-based: 0 is <think1>) opening the reasoning; None gives the single shared tag
+    <think> of `mixed` mode. Only the text the model and the user read is 1-based."""
+    return f"{IM_START}<think{'' if i is None else i + 1}>\n"
 
 
 def encode(tok, text):
@@ -43,7 +43,7 @@ def encode(tok, text):
 
 @dataclass
 class Tags:
-    ids: list  # ids[i] are the token ids of tag i + 1
+    ids: list  # ids[i] are the token ids of tag i (<think{i+1}>)
     fork: int  # index, within each tag, of the one token where the tags differ
     fork_ids: list  # fork_ids[i] = ids[i][fork]
 
@@ -51,7 +51,7 @@ class Tags:
 def forking_tags(tok, n):
     """Tokenise the n tags and find the forking position: the tags must have the same length and
     differ in exactly one token (e.g. n = 10 fails with Qwen2.5, where `10` is two digit tokens)."""
-    ids = [encode(tok, tag_text(i)) for i in range(1, n + 1)]
+    ids = [encode(tok, tag_text(i)) for i in range(n)]
     if n < 2:
         raise ValueError(f"need at least 2 tags to fork, got {n}")
     if len({len(t) for t in ids}) != 1:
@@ -80,17 +80,5 @@ def sequence(prompt, tag, trace, max_len=None, tag_loss=True):
     `<|im_start|>assistant\\n`), or only the trace when tag_loss is False. Truncated to max_len."""
     full = prompt + tag + trace
     first = len(prompt) if tag_loss else len(prompt) + len(tag)  # first token that takes loss
-    targets = [IGNORE] * (first - 1) + full[first:]
+    targets = [IGNORE_INDEX] * (first - 1) + full[first:]
     return full[:-1][:max_len], targets[:max_len]
-
-
-def collate(rows, pad_id):
-    """Right-pad (ids, targets) rows into (B, T) tensors; padding takes no loss, and causal
-    attention keeps it from touching the real tokens before it."""
-    T = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-    for b, (i, t) in enumerate(rows):
-        ids[b, :len(i)] = torch.tensor(i)
-        targets[b, :len(t)] = torch.tensor(t)
-    return ids, targets

@@ -74,8 +74,13 @@ def make_examples(n, seed, min_len=3, max_len=8):
     return examples
 
 
-def split(n_train, n_held_out):
-    """The training questions and the held-out ones, disjoint (ssft.py and eval.py agree on it)."""
+# The demo's split: ssft.py trains on the first TRAIN_QUESTIONS questions (gfpo.py draws its RL
+# prompts from them too), and eval.py evaluates the HELD_OUT questions that follow.
+TRAIN_QUESTIONS, HELD_OUT = 2000, 100
+
+
+def split(n_train=TRAIN_QUESTIONS, n_held_out=HELD_OUT):
+    """The training questions and the held-out ones, disjoint (every script agrees on it)."""
     examples = make_examples(n_train + n_held_out, seed=0)
     return examples[:n_train], examples[n_train:]
 
@@ -103,7 +108,7 @@ def tokenizer_for(examples, vocab_size=384):
     """A small byte-level BPE trained on the task's chat-formatted sequences and all the tags."""
     from data.chat import IM_END, prompt_text, tag_text
     from data.tokenizer import train_tokenizer
-    tags = [tag_text(None)] + [tag_text(i) for i in range(1, 10)]
+    tags = [tag_text(None)] + [tag_text(i) for i in range(9)]
     texts = [prompt_text(e.question, SYSTEM) + tags[k % len(tags)] + t + IM_END
              for k, e in enumerate(examples) for t in e.traces]
     return train_tokenizer(texts, vocab_size)

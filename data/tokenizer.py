@@ -145,7 +145,10 @@ def load_tokenizer(path):
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no tokenizer at {file}")
-    return Tokenizer.from_file(str(file))
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+        raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
 
 
 def special_id(tok, text):

@@ -42,12 +42,26 @@ def load_traces(path, num_traces=None, allow_fewer=False):
     num_traces: keep the first num_traces traces of each question; a question with fewer is an
     error unless allow_fewer, in which case it trains on what it has.
     """
+    examples, seen = [], {}
+    for n, obj in read_jsonl(path):
+        ex = _example(obj, path, n, num_traces, allow_fewer)
+        if ex.id in seen:
+            raise DataError(path, n, "id", f"duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+        seen[ex.id] = n
+        examples.append(ex)
+    if not examples:
+        raise DataError(path, None, None, "no examples (the file is empty)")
+    return examples
+
+
+def read_jsonl(path):
+    """Yield (line number, parsed value) for each non-blank line of a JSONL file. An unreadable file,
+    non-UTF-8 bytes or invalid JSON raise DataError naming the line; shared by every JSONL loader."""
     try:
         with open(path, "rb") as f:
             raw_lines = f.read().split(b"\n")
     except OSError as e:
         raise DataError(path, None, None, f"cannot read ({e.strerror})") from None
-    examples, seen = [], {}
     for n, raw in enumerate(raw_lines, start=1):
         try:
             line = raw.decode("utf-8")
@@ -59,14 +73,7 @@ def load_traces(path, num_traces=None, allow_fewer=False):
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, n, None, f"invalid JSON ({e.msg}, column {e.colno})") from None
-        ex = _example(obj, path, n, num_traces, allow_fewer)
-        if ex.id in seen:
-            raise DataError(path, n, "id", f"duplicate id {ex.id!r} (first on line {seen[ex.id]})")
-        seen[ex.id] = n
-        examples.append(ex)
-    if not examples:
-        raise DataError(path, None, None, "no examples (the file is empty)")
-    return examples
+        yield n, obj
 
 
 def _example(obj, path, n, num_traces, allow_fewer):

@@ -178,11 +178,18 @@ def sequence_nll(hidden, weight, targets, seq_ids, num_seqs, impl="auto", chunk_
     default_c, default_v = default_tile(hidden.device)
     chunk_size, vocab_chunk = chunk_size or default_c, vocab_chunk or default_v
     ops = _ops(impl, hidden.device)
+    targets, seq_ids = targets.long(), seq_ids.long()
+    keep = targets != IGNORE_INDEX
+    n_tokens = torch.zeros(num_seqs, dtype=torch.int64, device=hidden.device)
+    n_tokens.index_add_(0, seq_ids, keep.long())
+    if not keep.all():
+        # Ignored tokens (prompts, padding) take no loss: leave them out of every matmul. One is
+        # kept if none remains, so that backward still runs (FSDP's hooks wait for it).
+        idx = keep.nonzero().squeeze(1) if keep.any() else torch.zeros(1, dtype=torch.long, device=keep.device)
+        hidden, targets, seq_ids = hidden[idx], targets[idx], seq_ids[idx]
     # tiles are row slices, and the Triton kernels index raw pointers: make the layouts plain
     hidden, weight = hidden.contiguous(), weight.contiguous()
-    targets, seq_ids = targets.long().contiguous(), seq_ids.long().contiguous()
-    n_tokens = torch.zeros(num_seqs, dtype=torch.int64, device=hidden.device)
-    n_tokens.index_add_(0, seq_ids, (targets != IGNORE_INDEX).long())
+    targets, seq_ids = targets.contiguous(), seq_ids.contiguous()
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         nll_sum = _SequenceNLL.apply(hidden, weight, targets, seq_ids, num_seqs, ops, chunk_size,
                                      vocab_chunk)

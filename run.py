@@ -1,0 +1,300 @@
+"""
+What every training run shares, whatever its algorithm (ssft.py, gfpo.py):
+
+- flags from a dataclass, each field carrying its help text and the rule its value must obey, all
+  checked before anything is read or written (`parse_flags`): a bad value stops the run with one
+  line naming the flag, the value and what is allowed;
+- the run directory (`RunDir`): a new run, a resumed one (same settings, except the few that
+  `RESUMABLE` lists), refusal to overwrite an unfinished run, and metrics.jsonl, one JSON object a
+  step, cut back to the checkpoint's step on resume (a line cut short by a crash is dropped);
+- the learning-rate schedule (`lr_at`), AdamW with weight decay on matrices only (`adamw`);
+- stopping cleanly (`Stop`): SIGTERM, SIGUSR1 or Ctrl-C finish the current step, then every rank
+  saves and leaves together; a non-finite loss or gradient norm stops the run before the
+  optimizer steps (`check_finite`), so that no diverged weights are ever saved;
+- the progress line with rate and ETA.
+
+    python -m pytest -q test_run.py
+"""
+import argparse
+import contextlib
+import json
+import math
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import checkpoint
+from model import PRESETS
+
+
+class UserError(Exception):
+    """A problem with what the user gave (a flag, a file): shown as one line, without traceback."""
+
+
+@contextlib.contextmanager
+def user_input():
+    """Read the user's files: what goes wrong there (ValueError, OSError: a corrupt checkpoint, a
+    missing tokenizer) is the input's fault, reported as a UserError naming the file."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+
+
+def arg(default, help, *, low=None, above=None, high=None, below=None, choices=None, kind=None):
+    """A dataclass field that is also a flag. low/high: inclusive bounds, above/below: exclusive;
+    kind: 'model' (a preset, a HF directory or a run directory), 'checkpoint' (the same but no
+    preset), 'data' ('synthetic' or a file), 'file' (optional), 'out' (a writable directory)."""
+    rule = dict(low=low, above=above, high=high, below=below, choices=choices, kind=kind)
+    return field(default=default, metadata={"help": help, **rule})
+
+
+def check_value(f, value):
+    """The reason `value` breaks the rule of field `f`, or None."""
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        return f"must be one of {', '.join(map(str, m['choices']))}"
+    for key, ok, words in (("low", value.__ge__, "at least"), ("above", value.__gt__, "more than"),
+                           ("high", value.__le__, "at most"), ("below", value.__lt__, "less than")):
+        if m.get(key) is not None and not (isinstance(value, (int, float)) and ok(m[key]) is True
+                                            and math.isfinite(value)):
+            return f"must be {words} {m[key]}"
+    kind, path = m.get("kind"), Path(str(value))
+    if kind in ("model", "checkpoint") and not (kind == "model" and value in PRESETS) \
+            and not (model_dir(path) / "config.json").is_file():
+        return ((f"is neither a preset ({', '.join(PRESETS)}) nor " if kind == "model" else "is not ")
+                + "a model directory (config.json) or a run directory with model/"
+                + (" (has its training finished?)" if (path / "checkpoint").is_dir() else ""))
+    if kind == "data" and value != "synthetic" and not path.is_file():
+        return "must be 'synthetic' or an existing file"
+    if kind == "file" and value and not path.is_file():
+        return "must be an existing file"
+    if kind == "out":
+        if path.exists() and not path.is_dir():
+            return "names a file; it must be a directory (new or existing)"
+        parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+        try:  # a real write, since permission bits do not bind root
+            tempfile.TemporaryFile(dir=parent).close()
+        except OSError as e:
+            return f"cannot be written ({parent}: {e.strerror})"
+    return None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other input error here
+        sys.exit(f"error: {message}")
+
+
+def parse_flags(cls, argv=None, description=""):
+    """(config, names of the flags given on the command line), every value checked by its rule."""
+    p = _Parser(description=description)
+    for f in fields(cls):
+        flag, helptext = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default})"
+        # SUPPRESS: a flag that is not given is absent from the result, so `given` is exact.
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
+        else:
+            p.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS, help=helptext)
+    given = vars(p.parse_args(argv))
+    cfg = cls(**given)
+    check_flags(cfg, given if getattr(cfg, "resume", False) else None)  # resumed: RunDir checks the rest
+    return cfg, set(given)
+
+
+def check_flags(cfg, only=None):
+    for f in fields(cfg):
+        if (only is None or f.name in only) and (reason := check_value(f, getattr(cfg, f.name))) is not None:
+            raise UserError(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}: {reason}")
+
+
+@dataclass
+class RunConfig:
+    """The flags every trainer has; ssft.py and gfpo.py add their own and their defaults."""
+    model: str = arg("demo", "a preset (model.PRESETS, trained from scratch), a HF checkpoint dir or a run dir",
+                     kind="model")
+    data: str = arg("synthetic", "'synthetic' (the demo task) or a JSONL file", kind="data")
+    tokenizer: str = arg("", "tokenizer.json; default: the model's, or trained on the synthetic task", kind="file")
+    out: str = arg("out/run", "run directory: metrics.jsonl, checkpoint/ (sharded), model/ (HF format)", kind="out")
+    steps: int = arg(400, "optimizer steps", low=1)
+    batch: int = arg(16, "questions per step, across all ranks", low=1)
+    num_tags: int = arg(6, "N forking tags <think1>..<thinkN>", low=2)
+    max_len: int = arg(4096, "training sequences are truncated to this many tokens", low=2)
+    micro_tokens: int = arg(4096, "padded tokens per forward pass; more is accumulated", low=1)
+    lr: float = arg(3e-3, "peak learning rate", above=0)
+    min_lr: float = arg(0.1, "final learning rate of the cosine, as a fraction of --lr", low=0, high=1)
+    warmup: float = arg(0.05, "linear warm-up, as a fraction of --steps", low=0, below=1)
+    weight_decay: float = arg(0.1, "AdamW weight decay on matrices", low=0)
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this", above=0)
+    seed: int = arg(0, "seeds initialisation, data order and sampling", low=0)
+    save_every: int = arg(0, "also checkpoint every this many steps (0: only at the end)", low=0)
+    resume: bool = arg(False, "continue the run in --out from its checkpoint, exactly")
+    overwrite: bool = arg(False, "discard an unfinished run in --out instead of refusing")
+    stop_after: int = arg(0, "leave after this many steps of this invocation (then --resume)", low=0)
+    activation_checkpointing: bool = arg(False, "recompute each block in backward to save memory")
+    export_dtype: str = arg("bfloat16", "dtype of the Hugging Face export out/model at the end",
+                            choices=("bfloat16", "float16", "float32"))
+
+
+def model_dir(path):
+    """The HF model directory of --model: the directory itself, or a run directory's model/."""
+    path = Path(path)
+    return path / "model" if not (path / "config.json").exists() and (path / "model" / "config.json").exists() \
+        else path
+
+
+def step_items(n, batch, seed, step, world):
+    """This rank's share of a step's items: a contiguous slice of a per-epoch permutation that
+    depends only on (seed, step), so resuming and changing the rank count keep the data order."""
+    epoch, k = divmod(step, n // batch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return np.array_split(order[k * batch:(k + 1) * batch], world.size)[world.rank].tolist()
+
+
+# Settings a resumed run may change: its length and learning rate (e.g. lower after a divergence)
+# and how it saves and spends memory. Anything else would make it another run. The flags of one
+# invocation (PER_CALL) are never taken from the saved run.
+RESUMABLE = ("steps", "lr", "save_every", "micro_tokens", "activation_checkpointing", "export_dtype")
+PER_CALL = ("resume", "overwrite", "out", "stop_after")
+
+
+class RunDir:
+    """The run directory: its checkpoint, its metrics.jsonl, and whether this run is new."""
+
+    def __init__(self, cfg, given, world):
+        self.out = Path(cfg.out)
+        self.world = world
+        ckpt = checkpoint.recover(self.out) if world.main and self.out.is_dir() else None
+        ckpt = world.broadcast(str(ckpt) if ckpt else None)
+        self.checkpoint = Path(ckpt) if ckpt else None
+        self.state = checkpoint.read_state(self.checkpoint) if self.checkpoint else None
+        self.start = 0
+        if cfg.resume:
+            if not self.state:
+                raise UserError(f"--resume: no checkpoint in {self.out}")
+            saved = self.state["config"]
+            for name in sorted(given - set(RESUMABLE) - set(PER_CALL)):
+                if saved.get(name) != getattr(cfg, name):
+                    raise UserError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: the run in {self.out} has "
+                                    f"{saved.get(name)}; a resumed run keeps its settings except "
+                                    + ", ".join("--" + r.replace("_", "-") for r in RESUMABLE))
+            self.cfg = type(cfg)(**{**saved, **{k: getattr(cfg, k) for k in (given & set(RESUMABLE)) | set(PER_CALL)}})
+            check_flags(self.cfg)
+            self.start = self.saved_step = self.state["step"]
+        else:
+            self.cfg = cfg
+            if self.state and self.state["step"] < self.state["config"]["steps"] and not cfg.overwrite:
+                raise UserError(f"{self.out} holds an unfinished run (step {self.state['step']} of "
+                                f"{self.state['config']['steps']}): pass --resume to continue it or "
+                                "--overwrite to discard it")
+            self.state = self.checkpoint = self.saved_step = None  # replaced by this run's first save
+        self.metrics = self.out / "metrics.jsonl"
+
+    @property
+    def finished(self):
+        return self.start >= self.cfg.steps
+
+    def open_metrics(self):
+        """Create the directory and metrics.jsonl (rank 0): empty for a new run; for a resumed
+        one, the lines up to the checkpoint's step (any line that does not parse is dropped)."""
+        if not self.world.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.state and self.metrics.exists():
+            for line in self.metrics.read_text(errors="replace").splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.start:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short by a crash or a full disk
+        tmp = self.metrics.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.rename(self.metrics)
+
+    def log(self, record):
+        if self.world.main:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(self, model, opt, tokenizer, step, extra):
+        checkpoint.save(self.out, model, opt, tokenizer,
+                        {"step": step, "config": asdict(self.cfg), **extra}, self.world)
+        self.checkpoint = self.out / "checkpoint"
+        self.saved_step = step
+
+
+def lr_at(step, *, lr, steps, warmup, min_lr):
+    """Linear warm-up over a `warmup` fraction of the steps, then cosine decay to min_lr * lr."""
+    warm = max(1, round(warmup * steps))
+    if step < warm:
+        return lr * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return lr * (min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def adamw(model, lr, weight_decay):
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases and norm gains
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
+class Stop:
+    """Turns SIGTERM, SIGUSR1 and SIGINT into a request to stop after the current step. A second
+    Ctrl-C stops at once. `requested(world)` is collective: every rank stops at the same step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step", file=sys.stderr, flush=True)
+            self.signum = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
+
+    def requested(self, world):
+        got = [s for s in world.gather(self.signum) if s is not None]
+        return got[0] if got else None
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class Diverged(Exception):
+    pass
+
+
+def check_finite(step, run, **values):
+    """Raise Diverged (before the optimizer steps) if any value is NaN or infinite."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        last = (f"the last checkpoint is {run.checkpoint} (step {run.saved_step})" if run.checkpoint
+                else "no checkpoint was saved")
+        raise Diverged(f"step {step + 1}: " + ", ".join(f"{k} is {v}" for k, v in bad.items())
+                       + f"; the optimizer did not step and nothing was saved; {last}. Resume from it with a "
+                         f"lower learning rate: --resume --lr {run.cfg.lr / 10:g}")
+
+
+class Progress:
+    def __init__(self, cfg, start):
+        self.cfg, self.start, self.t0 = cfg, start, time.time()
+
+    def show(self, step, text):
+        """Print about 50 lines a run: step, `text`, rate and ETA."""
+        done = step + 1 - self.start
+        rate = done / max(time.time() - self.t0, 1e-9)
+        eta = (self.cfg.steps - step - 1) / rate
+        if done % max(1, self.cfg.steps // 50) == 0 or step + 1 == self.cfg.steps:
+            print(f"step {step + 1:>5}/{self.cfg.steps} | {text} | {rate:.2f} step/s | "
+                  f"eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
