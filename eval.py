@@ -8,8 +8,9 @@ count changes it:
 - tags: S samples of every tag <think1>..<thinkN>, the array answers[q][i][s] that every tag
   metric derives from: cons@N, the paper's native Cons@N (one sample per tag, majority vote, mean
   over the S groups); cons@k, the benchmark's Cons@k variant (metrics.CONS32_VARIANT) at k = N,
-  N*S and 32; per_tag accuracy and mean length in tokens ("reasoning effort"); pass@1_tag, the
-  accuracy of the tag matched to most traces in training (the paper's choice, from metrics.jsonl).
+  N*S and 32; pass@k_tags, pass@k over all N*S samples; per_tag accuracy and mean length in
+  tokens ("reasoning effort"); pass@1_tag, the accuracy of the tag matched to most traces in
+  training (the paper's choice, from metrics.jsonl).
 - think1: n samples of <think1>: pass@1 and the pass@k curve (metrics.PASS_KS), as officially
   computed from a run of their own.
 - self: the model's own choice of tag. tag_distribution: at the forking token, the mean over
@@ -54,8 +55,8 @@ class SyntheticTask:
 
     def __init__(self, examples):
         self.system, self.strategies = synthetic.SYSTEM, tuple(synthetic.STRATEGIES)
-        self.questions, self.golds = [e.question for e in examples], [e.answer for e in examples]
-        self.max_new = 2 * max(len(t) for e in examples for t in e.traces)  # characters bound tokens
+        self.questions, self.golds = [ex.question for ex in examples], [ex.answer for ex in examples]
+        self.max_new = 2 * max(len(t) for ex in examples for t in ex.traces)  # characters bound tokens
         self.extract, self.classify = synthetic.extract_answer, synthetic.classify
 
     def right(self, answer, q):
@@ -215,6 +216,9 @@ def evaluate(model, tok, task, *, num_tags, samples, pass_samples, temperature=0
         "cons@N": float(np.mean([metrics.native_cons(answers[q], lambda a, q=q: task.right(a, q)) for q in range(Q)])),
         "cons@k_variant": metrics.CONS32_VARIANT.get(task.name, "maj_sot"),
         "cons@k": {k: float(np.mean([cons_fn(answers[q], task.gold(q), k) for q in range(Q)])) for k in ks},
+        # pass@k over the N*S samples of all tags: the diversity that forking adds (k = N: one per tag)
+        "pass@k_tags": {k: float(np.mean([metrics.pass_at_k(N * S, int(c), k) for c in ok.reshape(Q, -1).sum(1)]))
+                        for k in (1, N)},
         "per_tag": [{"tag": f"<think{i + 1}>", "accuracy": float(ok[:, i].mean()),
                      "mean_length": float(lengths[:, i].mean())} for i in range(N)],
     }
@@ -276,7 +280,8 @@ def format_report(r):
         f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items() if int(k) > 1)
     lines = [first]
     if "greedy_oracle" in r:
-        lines.append(f"greedy over the {N} tags: majority {r['greedy_cons@N']:.3f}, any tag right {r['greedy_oracle']:.3f}")
+        lines.append(f"greedy over the {N} tags: majority {r['greedy_cons@N']:.3f}, "
+                     f"any tag right {r['greedy_oracle']:.3f}")
     if "tag_distribution" in r:
         d = r["tag_distribution"]
         lines.append("P(tag | question), mean: " + " ".join(f"{p:.2f}" for p in d["mean"])
@@ -291,8 +296,9 @@ def format_report(r):
                 label = f"<think>#{i + 1}" if r["shared_tag"] else f"<think{i + 1}>"
                 lines.append(f"{label:<10}" + "".join(f"{c:>10}" for c in row) + f"{r['per_tag'][i][acc]:>10.2f}")
     if "purity" in r:
-        lines.append(f"\npurity {r['purity']:.3f}" + (f" (greedy {r['purity_greedy']:.3f})" if "purity_greedy" in r else "")
-                     + "   distinct strategies per question: " + (f"greedy {r['distinct']:.2f}, " if "distinct" in r else "")
+        greedy = f" (greedy {r['purity_greedy']:.3f})" if "purity_greedy" in r else ""
+        lines.append(f"\npurity {r['purity']:.3f}{greedy}   distinct strategies per question: "
+                     + (f"greedy {r['distinct']:.2f}, " if "distinct" in r else "")
                      + f"sampled {r['distinct_sampled']:.2f}")
     return "\n".join(lines)
 
@@ -362,7 +368,7 @@ class EvalConfig:
     temperatures: str = arg("", "comma-separated temperatures: evaluate at each (eval_temperatures.json)")
     max_new: int = arg(0, "new tokens per sample (0: twice the longest synthetic solution; 32768 for math)", low=0)
     questions: int = arg(synthetic.HELD_OUT, "synthetic: held-out questions", low=1)
-    train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic: the training questions of ssft.py, which the held-out ones follow",
+    train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic: ssft.py's training questions (held-out follow)",
                                low=1)
     seed: int = arg(0, "sampling seed", low=0)
     shared_tag: bool = arg(False, "a mixed-mode model: prompt every slot with the shared tag <think>")
@@ -372,23 +378,21 @@ class EvalConfig:
 def main(argv=None):
     try:
         cfg, _ = parse_flags(EvalConfig, argv, "Evaluate a model with forking tags.")
-        temperatures = [float(t) for t in cfg.temperatures.split(",")] if cfg.temperatures else None
-        if cfg.data == "synthetic":
-                task = SyntheticTask(synthetic.split(cfg.train_questions, cfg.questions)[1])
-        else:
-            task = load_task(cfg.data)
-    except ValueError as e:  # DataError, UserError's kin, or a bad --temperatures list
-        sys.exit(f"error: {e}")
-    except UserError as e:
-        sys.exit(f"error: {e}")
-    synthetic = cfg.data == "synthetic"
-    samples = cfg.samples or (4 if synthetic else metrics.SAMPLES_PER_TAG.get(task.name, 4))
-    pass_samples = cfg.pass_samples or (8 if synthetic else metrics.PASS_N)
-    try:
+        try:
+            temperatures = [float(t) for t in cfg.temperatures.split(",")] if cfg.temperatures else None
+        except ValueError:
+            temperatures = [-1.0]
+        if temperatures and min(temperatures) < 0:
+            raise UserError(f"--temperatures {cfg.temperatures}: must be comma-separated numbers, each at least 0")
+        task = SyntheticTask(synthetic.split(cfg.train_questions, cfg.questions)[1]) if cfg.data == "synthetic" \
+            else load_task(cfg.data)
+        default_samples = (4, 8) if task.name == "synthetic" else \
+            (metrics.SAMPLES_PER_TAG.get(task.name, 4), metrics.PASS_N)
         evaluate_run(cfg.model, task, cfg.num_tags, shared=cfg.shared_tag, out_file=cfg.out or None,
-                     temperatures=temperatures, samples=samples, pass_samples=pass_samples,
-                     temperature=cfg.temperature, top_p=cfg.top_p, max_new=cfg.max_new or None, seed=cfg.seed)
-    except UserError as e:
+                     temperatures=temperatures, samples=cfg.samples or default_samples[0],
+                     pass_samples=cfg.pass_samples or default_samples[1], temperature=cfg.temperature,
+                     top_p=cfg.top_p, max_new=cfg.max_new or None, seed=cfg.seed)
+    except (UserError, DataError) as e:  # the user's input: one line, no traceback
         sys.exit(f"error: {e}")
 
 

@@ -50,8 +50,8 @@ from data.tokenizer import load_tokenizer, special_id
 from distributed import build_model, gathered, setup_world
 from eval import MATH_PROMPT, sample_all, seeded
 from kernels import IGNORE_INDEX
-from run import (Diverged, Progress, RunConfig, RunDir, Stop, UserError, adamw, arg, check_finite, lr_at,
-                 model_dir, parse_flags, step_items, user_input)
+from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, lr_at, model_dir, parse_flags,
+                 script, step_items, stopped, user_input)
 
 # -------------------------------------------------------------------------------------------------
 # The three steps
@@ -98,25 +98,30 @@ def grpo_loss(nll, mask, *, logp_old, adv, clip_low, clip_high):
 
 @dataclass
 class GFPOConfig(RunConfig):
-    model: str = arg("out/ssft", "the model to start from: an ssft.py run directory or a HF checkpoint dir",
-                     kind="checkpoint")
+    model: str = arg("out/ssft", "the model to start from: an ssft.py run directory or a HF checkpoint dir "
+                                 "(a preset only with --plan)", kind="model")
     out: str = arg("out/gfpo", "run directory: metrics.jsonl, checkpoint/ (sharded), model/ (HF format)", kind="out")
     mode: str = arg("gfpo", "gfpo: the gradient at the forking token only; grpo: at every generated token",
                     choices=("gfpo", "grpo"))
     steps: int = arg(100, "steps: one batch of rollouts each", low=1)
     batch: int = arg(16, "prompts per step, across all ranks", low=1)
     group: int = arg(8, "G: rollouts per prompt", low=2)
-    lr: float = arg(3e-4, "peak learning rate", above=0)
-    warmup: float = arg(0.0, "linear warm-up, as a fraction of --steps", low=0, below=1)
+    # Small steps: the gradient at the forking token moves weights that every answer token uses too
+    # (see the README's GFPO results: at 3e-5 the answers of the 1M-parameter demo model degrade).
+    lr: float = arg(1e-5, "peak learning rate", above=0)
+    warmup: float = arg(0.1, "linear warm-up, as a fraction of --steps", low=0, below=1)
+    weight_decay: float = arg(0.0, "AdamW weight decay on matrices", low=0)
     temperature: float = arg(0.7, "sampling temperature of the rollouts (and of the forking token)", above=0)
     top_p: float = arg(0.95, "nucleus of the rollouts' answers", above=0, high=1)
     max_new: int = arg(0, "new tokens per rollout (0: twice the longest synthetic solution; 4096 for math)", low=0)
+    sample_batch: int = arg(256, "rollouts decoded at once: their KV cache (`gfpo.py --plan` says what fits)",
+                            low=1)
     clip_low: float = arg(0.2, "clip the ratio below at 1 - this", low=0, below=1)
     clip_high: float = arg(0.28, "clip the ratio above at 1 + this (DAPO's clip-higher)", low=0)
     kl: float = arg(0.0, "beta: weight of the exact KL to the initial model at the forking token (gfpo)", low=0)
     epochs: int = arg(1, "updates on each batch of rollouts (more than 1 makes the clip bind)", low=1)
     shared_tag: bool = arg(False, "the model was trained with the one shared tag <think> (mixed): grpo only")
-    train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic task: the training questions of ssft.py, the RL prompts",
+    train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic task: ssft.py's training questions: the prompts",
                           low=1)
     eval_questions: int = arg(synthetic.HELD_OUT, "synthetic task: held-out questions evaluated at the end (0: none)",
                          low=0)
@@ -133,8 +138,9 @@ class Prompts:
         self.tok = load_tokenizer(tokenizer)
         if cfg.data == "synthetic":
             examples = synthetic.split(cfg.train_questions, cfg.eval_questions)[0]
-            self.questions, self.golds, self.kind = [e.question for e in examples], [e.answer for e in examples], "synthetic"
-            system, self.max_new = synthetic.SYSTEM, 2 * max(len(t) for e in examples for t in e.traces)
+            self.questions, self.golds = [ex.question for ex in examples], [ex.answer for ex in examples]
+            self.kind = "synthetic"
+            system, self.max_new = synthetic.SYSTEM, 2 * max(len(t) for ex in examples for t in ex.traces)
         else:
             prompts = load_prompts(cfg.data)
             self.kind = prompts[0].kind
@@ -191,17 +197,20 @@ def rollouts(model, ref, prompts, qs, cfg, world, step):
         prefix = [prompts.shared or prompts.tags.ids[forks[b, g]] for b in range(B) for g in range(G)]
         gen = sample_all(model, [(prompts.ids[q], prefix[b * G + g], (cfg.seed, step, q, g, 1))
                                  for b, q in enumerate(qs) for g in range(G)],
-                         temperature=cfg.temperature, top_p=cfg.top_p, max_new=prompts.max_new, stop=prompts.stop)
+                         temperature=cfg.temperature, top_p=cfg.top_p, max_new=prompts.max_new, stop=prompts.stop,
+                         batch=cfg.sample_batch)
     return logits, ref_logits, forks, prefix, gen
 
 
 def train(cfg, given):
     world = setup_world()
-    run = RunDir(cfg, given, world)
+    run = Run(cfg, given, world)
     cfg = run.cfg
     if run.finished:
         print(f"{run.out}: the run is finished ({run.start} of {cfg.steps} steps); pass --steps N to train longer")
         return cfg, run, None
+    if not model_dir(cfg.model).is_dir():
+        raise UserError(f"--model {cfg.model}: RL starts from a trained model (a run or HF directory), not a preset")
     with user_input():
         source = model_dir(cfg.model)
         prompts = Prompts(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer or source)
@@ -238,29 +247,21 @@ def train(cfg, given):
                 stats = update(model, cfg, world, prompts, qs, forks, logp_old, adv, kept, ref_logits, rows)
                 if cfg.mode == "grpo" and epoch == 0:
                     logp_old = stats.pop("logp")  # the sampling policy's, for the later epochs
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                check_finite(step, run, loss=stats["loss"], grad_norm=grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                grad_norm = run.optimizer_step(model, opt, step, loss=stats["loss"])
             # log the step, save every --save-every steps, leave when asked to
             log = {"step": step + 1, "loss": stats["loss"], "kl": stats["kl"], "lr": opt.param_groups[0]["lr"],
                    "grad_norm": grad_norm, "rollout_seconds": t_rollout, "update_seconds": time.time() - t0 - t_rollout,
-                   **step_stats(world, r, adv, kept, forks, logits, tags, cfg)}
+                   **step_stats(world, r, adv, kept, forks, logits, tags, prompts.shared is not None)}
             run.log(log)
             if world.main:
                 progress.show(step, f"reward {log['reward']:.3f} | zero-variance {log['zero_variance']:.0%} | "
                                     f"loss {log['loss']:.4f} | rollouts {t_rollout:.1f}s")
-            signum = stop.requested(world)
-            if signum or (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps \
-                    or (cfg.stop_after and step + 1 - run.start >= cfg.stop_after):
-                run.save(model, opt, prompts.tok, step + 1, {})
+            signum, leave = run.end_step(step, stop, lambda n: run.save(model, opt, prompts.tok, n, {}))
             if signum:
                 return cfg, run, signum
-            if cfg.stop_after and step + 1 - run.start >= cfg.stop_after:
+            if leave:
                 break
-        if run.saved_step == cfg.steps:
-            checkpoint.export_hf(model, prompts.tok, run.out / "model", world, getattr(torch, cfg.export_dtype))
+        run.finish(model, prompts.tok)
     finally:
         stop.restore()
         world.close()
@@ -321,22 +322,25 @@ def update(model, cfg, world, prompts, qs, forks, logp_old, adv, kept, ref_logit
     return {"loss": world.sum(loss) / max(tokens, 1), "kl": 0.0, "logp": logps}
 
 
-def step_stats(world, r, adv, kept, forks, logits, tags, cfg):
-    """Rewards, accuracy per tag, the tag distribution, zero-variance share, advantages (global)."""
-    r_all = np.concatenate(world.gather(r))
+def step_stats(world, r, adv, kept, forks, logits, tags, shared):
+    """The step's rewards, zero-variance share and advantages, over all ranks; with forking tags
+    also the reward of each tag and the tag distribution at the fork (mean probability of each tag,
+    entropy among the tags, mass outside them)."""
+    r_all, kept_all = np.concatenate(world.gather(r)), np.concatenate(world.gather(kept))
+    adv_all = np.concatenate(world.gather(adv))[kept_all]
+    stats = {"reward": float(r_all.mean()), "zero_variance": float(1 - kept_all.mean()),
+             "advantage_abs_mean": float(np.abs(adv_all).mean()) if adv_all.size else 0.0,
+             "advantage_max": float(np.abs(adv_all).max()) if adv_all.size else 0.0}
+    if shared:
+        return stats
     f_all = torch.cat(world.gather(forks)).numpy()
-    p = torch.softmax(logits.float(), -1)
-    p_tags = torch.cat(world.gather(p[:, tags.fork_ids].cpu()))  # (B, N)
+    p_tags = torch.cat(world.gather(torch.softmax(logits.float(), -1)[:, tags.fork_ids].cpu()))  # (B, N)
     within = p_tags / p_tags.sum(1, keepdim=True)
-    acc = [float(r_all[f_all == i].mean()) if (f_all == i).any() else None for i in range(len(tags.ids))]
-    adv_all = np.concatenate(world.gather(adv))[np.concatenate(world.gather(kept))]
-    return {"reward": float(r_all.mean()), "accuracy_per_tag": acc,
+    return {**stats, "accuracy_per_tag": [float(r_all[f_all == i].mean()) if (f_all == i).any() else None
+                                          for i in range(len(tags.ids))],
             "tag_probability": p_tags.mean(0).tolist(),
             "tag_entropy": float(-(within * within.clamp_min(1e-30).log()).sum(1).mean()),
-            "outside_tags": float(1 - p_tags.sum(1).mean()),
-            "zero_variance": float(1 - np.concatenate(world.gather(kept)).mean()),
-            "advantage_abs_mean": float(np.abs(adv_all).mean()) if adv_all.size else 0.0,
-            "advantage_max": float(np.abs(adv_all).max()) if adv_all.size else 0.0}
+            "outside_tags": float(1 - p_tags.sum(1).mean())}
 
 
 def main(argv=None):
@@ -346,13 +350,14 @@ def main(argv=None):
         except UserError as e:  # the embedded default continues `python ssft.py`: say so
             missing = str(e).startswith(f"--model {GFPOConfig.model}:") and not Path(GFPOConfig.model).exists()
             raise UserError(f"{e}; run `python ssft.py` first" if missing else str(e)) from None
+        if cfg.plan:
+            from plan import print_plan
+            return print_plan(cfg)
         cfg, run, signum = train(cfg, given)
     except (UserError, DataError, Diverged, checkpoint.SaveError) as e:
         sys.exit(f"error: {e}")
     if signum:
-        print(f"stopped by signal {signum} after step {run.saved_step}: saved {run.checkpoint}; "
-              f"continue with: python gfpo.py --out {run.out} --resume", file=sys.stderr)
-        sys.exit(128 + signum)
+        stopped(run, signum, "gfpo.py")
     if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
         from eval import SyntheticTask, evaluate_run
         evaluate_run(run.out, SyntheticTask(synthetic.split(cfg.train_questions, cfg.eval_questions)[1]), cfg.num_tags,
@@ -360,4 +365,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -64,7 +64,8 @@ def plot_run(out, report=None):
     if rows[0]["tag_source"]:
         names = sorted(rows[0]["tag_source"])
         late = rows[len(rows) * 4 // 5:]
-        hist = [[sum(r["tag_source"][s][t] for r in late) for s in names] for t in range(len(rows[0]["tag_source"][names[0]]))]
+        n_tags = len(rows[0]["tag_source"][names[0]])
+        hist = [[sum(r["tag_source"][s][t] for r in late) for s in names] for t in range(n_tags)]
         axes[2].imshow(hist, cmap="Blues", aspect="auto")
         axes[2].set_xticks(range(len(names)), names, rotation=30)
         axes[2].set_yticks(range(len(hist)), [f"<think{t + 1}>" for t in range(len(hist))])
@@ -83,10 +84,11 @@ def plot_policy(out, rows):
     axes[0].plot(steps, [r["zero_variance"] for r in rows], label="groups of equal rewards")
     axes[0].set_xlabel("step")
     axes[0].legend()
-    probs = list(zip(*[r["tag_probability"] for r in rows]))
-    axes[1].stackplot(steps, probs, labels=[f"<think{i + 1}>" for i in range(len(probs))])
-    axes[1].set(xlabel="step", ylabel="P(tag | question), mean")
-    axes[1].legend(fontsize=7, loc="upper left")
+    if "tag_probability" in rows[0]:  # a model with forking tags (not one shared tag)
+        probs = list(zip(*[r["tag_probability"] for r in rows]))
+        axes[1].stackplot(steps, probs, labels=[f"<think{i + 1}>" for i in range(len(probs))])
+        axes[1].set(xlabel="step", ylabel="P(tag | question), mean")
+        axes[1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out / "policy.png", dpi=120)
     plt.close(fig)
@@ -99,11 +101,11 @@ def plot_temperatures(results, path, k):
     for name, by_t in results.items():
         ts = sorted(by_t, key=float)
         p1 = [by_t[t]["pass@1"] for t in ts]
-        for ax, y in zip(axes, ([by_t[t]["pass@k"][str(k)] for t in ts], [by_t[t]["cons@N"] for t in ts])):
+        for ax, y in zip(axes, ([by_t[t]["pass@k_tags"][str(k)] for t in ts], [by_t[t]["cons@N"] for t in ts])):
             ax.plot(p1, y, "o-", label=name)
             for t, x, v in zip(ts, p1, y):
                 ax.annotate(f"T={t}", (x, v), fontsize=7)
-    axes[0].set(xlabel="pass@1", ylabel=f"pass@{k}", title="diversity against accuracy")
+    axes[0].set(xlabel="pass@1", ylabel=f"pass@{k}, one sample per tag", title="diversity against accuracy")
     axes[1].set(xlabel="pass@1", ylabel="cons@N (one sample per tag, vote)")
     axes[0].legend()
     fig.tight_layout()

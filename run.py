@@ -4,7 +4,7 @@ What every training run shares, whatever its algorithm (ssft.py, gfpo.py):
 - flags from a dataclass, each field carrying its help text and the rule its value must obey, all
   checked before anything is read or written (`parse_flags`): a bad value stops the run with one
   line naming the flag, the value and what is allowed;
-- the run directory (`RunDir`): a new run, a resumed one (same settings, except the few that
+- the run directory (`Run`): a new run, a resumed one (same settings, except the few that
   `RESUMABLE` lists), refusal to overwrite an unfinished run, and metrics.jsonl, one JSON object a
   step, cut back to the checkpoint's step on resume (a line cut short by a crash is dropped);
 - the learning-rate schedule (`lr_at`), AdamW with weight decay on matrices only (`adamw`);
@@ -17,6 +17,7 @@ What every training run shares, whatever its algorithm (ssft.py, gfpo.py):
 """
 import argparse
 import contextlib
+import gc
 import json
 import math
 import signal
@@ -103,7 +104,7 @@ def parse_flags(cls, argv=None, description=""):
             p.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS, help=helptext)
     given = vars(p.parse_args(argv))
     cfg = cls(**given)
-    check_flags(cfg, given if getattr(cfg, "resume", False) else None)  # resumed: RunDir checks the rest
+    check_flags(cfg, given if getattr(cfg, "resume", False) else None)  # resumed: Run checks the rest
     return cfg, set(given)
 
 
@@ -139,6 +140,8 @@ class RunConfig:
     activation_checkpointing: bool = arg(False, "recompute each block in backward to save memory")
     export_dtype: str = arg("bfloat16", "dtype of the Hugging Face export out/model at the end",
                             choices=("bfloat16", "float16", "float32"))
+    plan: bool = arg(False, "print the per-GPU memory plan for --model and --world-size, then exit")
+    world_size: int = arg(8, "--plan only: number of GPUs", low=1)
 
 
 def model_dir(path):
@@ -163,8 +166,9 @@ RESUMABLE = ("steps", "lr", "save_every", "micro_tokens", "activation_checkpoint
 PER_CALL = ("resume", "overwrite", "out", "stop_after")
 
 
-class RunDir:
-    """The run directory: its checkpoint, its metrics.jsonl, and whether this run is new."""
+class Run:
+    """A run and its directory: the checkpoint and metrics.jsonl, whether it is new, and what every
+    step does after its algorithm (the optimizer step, logging, saving, stopping)."""
 
     def __init__(self, cfg, given, world):
         self.out = Path(cfg.out)
@@ -228,6 +232,33 @@ class RunDir:
         self.checkpoint = self.out / "checkpoint"
         self.saved_step = step
 
+    def optimizer_step(self, model, opt, step, **values):
+        """Clip the global gradient norm to --grad-clip and step the optimizer, unless the norm or
+        one of `values` (the loss) is not finite: then Diverged, before anything changed. Returns
+        the norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor under FSDP
+        check_finite(step, self, grad_norm=norm, **values)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    def end_step(self, step, stop, save):
+        """Save (save(step count)) on a stop signal, every --save-every steps, at the last step and
+        at --stop-after. Returns (the signal to stop on or None, whether --stop-after is reached)."""
+        cfg, steps_done = self.cfg, step + 1
+        signum = stop.requested(self.world)
+        leave = bool(cfg.stop_after) and steps_done - self.start >= cfg.stop_after
+        if signum or leave or steps_done == cfg.steps or (cfg.save_every and steps_done % cfg.save_every == 0):
+            save(steps_done)
+        return signum, leave
+
+    def finish(self, model, tokenizer):
+        """At the end of the run, the Hugging Face export out/model (--export-dtype)."""
+        if self.saved_step == self.cfg.steps:
+            dtype = getattr(torch, self.cfg.export_dtype)
+            checkpoint.export_hf(model, tokenizer, self.out / "model", self.world, dtype)
+
 
 def lr_at(step, *, lr, steps, warmup, min_lr):
     """Linear warm-up over a `warmup` fraction of the steps, then cosine decay to min_lr * lr."""
@@ -286,15 +317,32 @@ def check_finite(step, run, **values):
                          f"lower learning rate: --resume --lr {run.cfg.lr / 10:g}")
 
 
+def script(main):
+    """Run a trainer's main() as the script. The FSDP model's reference cycles are freed here, while
+    the process is whole: left to interpreter shutdown, they are torn down after the process group
+    and abort the process now and then ("terminate called without an active exception")."""
+    try:
+        main()
+    finally:
+        gc.collect()
+
+
+def stopped(run, signum, script):
+    """Leave after a stop signal, the checkpoint saved: say how to continue; exit 128 + signal."""
+    print(f"stopped by signal {signum} after step {run.saved_step}: saved {run.checkpoint}; "
+          f"continue with: python {script} --out {run.out} --resume", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
 class Progress:
     def __init__(self, cfg, start):
         self.cfg, self.start, self.t0 = cfg, start, time.time()
 
     def show(self, step, text):
         """Print about 50 lines a run: step, `text`, rate and ETA."""
-        done = step + 1 - self.start
-        rate = done / max(time.time() - self.t0, 1e-9)
+        this_call = step + 1 - self.start  # steps of this invocation
+        rate = this_call / max(time.time() - self.t0, 1e-9)
         eta = (self.cfg.steps - step - 1) / rate
-        if done % max(1, self.cfg.steps // 50) == 0 or step + 1 == self.cfg.steps:
+        if this_call % max(1, self.cfg.steps // 50) == 0 or step + 1 == self.cfg.steps:
             print(f"step {step + 1:>5}/{self.cfg.steps} | {text} | {rate:.2f} step/s | "
                   f"eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)

@@ -35,8 +35,8 @@ from distributed import build_model, setup_world
 from hungarian import linear_sum_assignment
 from kernels import IGNORE_INDEX
 from model import Config
-from run import (Diverged, Progress, RunConfig, RunDir, Stop, UserError, adamw, arg, check_finite, lr_at,
-                 model_dir, parse_flags, step_items, user_input)
+from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, check_finite, lr_at, model_dir,
+                 parse_flags, script, step_items, stopped, user_input)
 
 # -------------------------------------------------------------------------------------------------
 # The three steps of the paper
@@ -98,14 +98,13 @@ class SSFTConfig(RunConfig):
                     choices=("ssft", "random", "mixed"))
     traces: int = arg(4, "M traces per question (the first M of each)", low=1)
     allow_fewer: bool = arg(False, "train questions with fewer than --traces traces instead of failing")
-    match_tokens: int = arg(16, "L: trace tokens in the matching cost (the paper uses 1000)", low=1)
+    match_tokens: int = arg(8, "L: trace tokens in the matching cost (the paper: 1000; the demo's "
+                                  "strategies show in their first token)", low=1)
     tag_loss: bool = arg(True, "train on the tag tokens too (everything after the assistant header)")
     lr: float = arg(3e-3, "peak learning rate (s1 recipe for 32B: 1e-5)", above=0)
     train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic task: training questions", low=1)
     eval_questions: int = arg(synthetic.HELD_OUT, "synthetic task: held-out questions evaluated at the end (0: none)",
                          low=0)
-    plan: bool = arg(False, "print the per-GPU memory plan for --model and --world-size, then exit")
-    world_size: int = arg(8, "--plan only: number of GPUs", low=1)
 
 
 class Task:
@@ -155,7 +154,7 @@ class Task:
 
 def train(cfg, given):
     world = setup_world()
-    run = RunDir(cfg, given, world)
+    run = Run(cfg, given, world)
     cfg = run.cfg
     if run.finished:
         print(f"{run.out}: the run is finished ({run.start} of {cfg.steps} steps); pass --steps N to train longer")
@@ -164,7 +163,8 @@ def train(cfg, given):
         task = Task(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
     if world.main:
         print(f"{len(task.examples)} questions, {sum(len(q.traces) for q in task.encoded)} traces; "
-              f"{task.truncated} sequences truncated to --max-len {cfg.max_len}; vocabulary {task.tok.get_vocab_size()}")
+              f"{task.truncated} sequences truncated to --max-len {cfg.max_len}; "
+              f"vocabulary {task.tok.get_vocab_size()}")
     config = None
     if not Path(cfg.model).is_dir():  # a preset, trained from scratch, sized to its tokenizer
         config = Config.preset(cfg.model)
@@ -208,11 +208,7 @@ def train(cfg, given):
             # 3. the update: gradients of the set loss, then one AdamW step unless it diverged
             model.train()
             loss, tokens = set_loss(model, rows=rows, budget=cfg.micro_tokens, world=world, pad_id=task.pad_id)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            check_finite(step, run, loss=loss, grad_norm=grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            grad_norm = run.optimizer_step(model, opt, step, loss=loss)
             # log the step, save every --save-every steps, leave when asked to
             record = [r for part in world.gather(record) for r in part]
             log = {"step": step + 1, "loss": loss, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
@@ -221,16 +217,13 @@ def train(cfg, given):
             if world.main:
                 progress.show(step, f"loss {loss:.4f}" + (f" | cost {log['match_cost']:.3f}" if C is not None else "")
                               + (f" | changed {log['changed']:.0%}" if log["changed"] is not None else ""))
-            signum = stop.requested(world)
-            if signum or (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps \
-                    or (cfg.stop_after and step + 1 - run.start >= cfg.stop_after):
-                run.save(model, opt, task.tok, step + 1, {"last_assignment": last})
+            signum, leave = run.end_step(step, stop,
+                                         lambda n: run.save(model, opt, task.tok, n, {"last_assignment": last}))
             if signum:
                 return cfg, run, signum
-            if cfg.stop_after and step + 1 - run.start >= cfg.stop_after:
+            if leave:
                 break
-        if run.saved_step == cfg.steps:
-            checkpoint.export_hf(model, task.tok, run.out / "model", world, getattr(torch, cfg.export_dtype))
+        run.finish(model, task.tok)
     finally:
         stop.restore()
         world.close()
@@ -264,9 +257,7 @@ def main(argv=None):
     except (UserError, DataError, Diverged, checkpoint.SaveError) as e:  # one line, no traceback
         sys.exit(f"error: {e}")
     if signum:
-        print(f"stopped by signal {signum} after step {run.saved_step}: saved {run.checkpoint}; "
-              f"continue with: python ssft.py --out {run.out} --resume", file=sys.stderr)
-        sys.exit(128 + signum)
+        stopped(run, signum, "ssft.py")
     if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
         from eval import SyntheticTask, evaluate_run
         evaluate_run(run.out, SyntheticTask(synthetic.split(cfg.train_questions, cfg.eval_questions)[1]), cfg.num_tags,
@@ -274,4 +265,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

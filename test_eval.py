@@ -156,3 +156,24 @@ def test_default_path_end_to_end(tmp_path):
     assert 0.0 <= report["purity"] <= 1.0 and 0.0 <= report["distinct"] <= 4.0
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.mark.skipif(not (SHARED / "aime24.jsonl").exists(), reason="needs ../shared/data")
+def test_math_tasks_read_the_benchmarks_and_name_their_cons_variant():
+    aime, math500 = ev.load_task(SHARED / "aime24.jsonl"), ev.load_task(SHARED / "math500.jsonl")
+    assert len(aime.questions) == 30 and len(math500.questions) == 500
+    assert (aime.name, math500.name) == ("aime24", "math500")
+    assert ev.metrics.CONS32_VARIANT[aime.name] == "maj_sot" and ev.metrics.CONS32_VARIANT[math500.name] == "maj_blocks"
+    right = aime.extract(r"Therefore, the final answer is: $\boxed{204}$. I hope it is correct")
+    assert aime.right(right, 0) and aime.extract("The answer is 070") == aime.extract(r"$\boxed{70}$")
+    assert not aime.right(aime.extract(r"\boxed{205}"), 0) and aime.extract("no answer here") is None
+
+
+def test_code_task_grades_by_execution(tmp_path):
+    path = tmp_path / "code.jsonl"
+    path.write_text(json.dumps({"question": "Add two numbers.", "func_name": "add", "tests": [
+        {"input": "1\n2", "output": "3", "testtype": "functional"}]}) + "\n")
+    task = ev.load_task(path)
+    good = task.extract("```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```")
+    bad = task.extract("```python\nclass Solution:\n    def add(self, a, b):\n        return a - b\n```")
+    assert task.right(good, 0) and not task.right(bad, 0) and task.extract("no code") is None

@@ -22,7 +22,7 @@ import ssft
 from data import forking_tags
 from data.synthetic import make_examples, tokenizer_for
 from distributed import World
-from model import Config, Qwen2
+from model import Qwen2
 from run import parse_flags
 
 ROOT = Path(__file__).parent
@@ -158,7 +158,7 @@ def test_grpo_matches_a_naive_full_logits_loss(ssft_run):
 def test_two_gloo_ranks_equal_one_process(ssft_run, tmp_path):
     args = ["--model", str(ssft_run), *SMALL]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node=2"])):
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
         proc = subprocess.run([sys.executable, *launcher, "gfpo.py", *args, "--out", str(tmp_path / name)],
                               cwd=ROOT, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -149,10 +149,10 @@ def test_unfinished_run_is_not_overwritten(tmp_path):
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     args = TINY_RUN + ["--steps", "3", "--mode", "ssft", "--export-dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "ssft.py", *args, "--out", str(tmp_path / "one")],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "ssft.py", *args,
-                    "--out", str(tmp_path / "two")], cwd=ROOT, env=env, check=True, capture_output=True)
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
+        proc = subprocess.run([sys.executable, *launcher, "ssft.py", *args, "--out", str(tmp_path / name)],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(losses(tmp_path / "two")) == 3
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-6)
     one = [json.loads(l)["assignment"] for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]

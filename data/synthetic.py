@@ -109,6 +109,6 @@ def tokenizer_for(examples, vocab_size=384):
     from data.chat import IM_END, prompt_text, tag_text
     from data.tokenizer import train_tokenizer
     tags = [tag_text(None)] + [tag_text(i) for i in range(9)]
-    texts = [prompt_text(e.question, SYSTEM) + tags[k % len(tags)] + t + IM_END
-             for k, e in enumerate(examples) for t in e.traces]
+    texts = [prompt_text(ex.question, SYSTEM) + tags[k % len(tags)] + t + IM_END
+             for k, ex in enumerate(examples) for t in ex.traces]
     return train_tokenizer(texts, vocab_size)
