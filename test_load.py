@@ -33,8 +33,9 @@ def test_two_ranks_load_what_transformers_loads(tied, dtype, shard, tmp_path):
                 p.uniform_(0.5, 1.5)
     hf.to(dtype).save_pretrained(tmp_path / "hf", **({"max_shard_size": shard} if shard else {}))
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists() == bool(shard)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-                           str(tmp_path / "hf"), str(tmp_path / "loaded.pt")], cwd=ROOT, capture_output=True, text=True,
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run([*torchrun, __file__, str(tmp_path / "hf"), str(tmp_path / "loaded.pt")],
+                          cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ours = torch.load(tmp_path / "loaded.pt")

@@ -107,8 +107,8 @@ def main():
         del model
         shards = len(list((work / "hf").glob("*.safetensors")))
         me = [sys.executable, str(Path(__file__).resolve())]
-        results = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *me[1:], "ranks",
-                       str(work / "hf"), str(work / "ranks")], work / "ranks")
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        results = run([*torchrun, *me[1:], "ranks", str(work / "hf"), str(work / "ranks")], work / "ranks")
         results += run([*me, "single", str(work / "hf"), str(work / "single")], work / "single")
         sizes = {"parameters": P, "fp32_MB": 4 * P / MB, "bf16_MB": 2 * P / MB, "safetensors_shards": shards}
         print(f"{P / 1e6:.0f}M parameters: {sizes['fp32_MB']:.0f} MB in fp32, {sizes['bf16_MB']:.0f} MB in bf16; "

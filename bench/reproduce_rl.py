@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from gfpo import GFPOConfig  # noqa: E402
+
 EVAL = ["--questions", "400", "--samples", "4", "--pass-samples", "8"]
 
 
@@ -85,7 +88,8 @@ def sweep(a):
     print("| GFPO lr | mean accuracy of the 6 tags | best single tag | pass@1, own tag | tag entropy (nats) |")
     print("|---|---|---|---|---|")
     for lr in [None, *a.sweep]:
-        run = base if lr is None else Path(a.runs) / "rl" / f"gfpo-seed0-lr{lr:g}"
+        name = "gfpo-seed0" if lr == GFPOConfig.lr else f"gfpo-seed0-lr{lr:g}"  # the main table's run at the default
+        run = base if lr is None else Path(a.runs) / "rl" / name
         if lr is not None and not (run / "model").exists():
             sh("gfpo.py", "--model", base, "--lr", lr, "--out", run, "--overwrite", "--eval-questions", "0")
         r = evaluated(run, False)

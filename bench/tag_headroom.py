@@ -49,7 +49,8 @@ def main():
     print(f"  best single tag         {acc.mean(0).max():.3f}")
     print(f"  best tag by length      {np.mean([acc[q, by_length[length[q]]] for q in range(Q)]):.3f}")
     print(f"  best tag per question   {acc.max(1).mean():.3f}   (having seen the samples)")
-    print(f"  own tag, sampled        {(acc * own).sum(1).mean():.3f}   argmax {acc[np.arange(Q), own.argmax(1)].mean():.3f}")
+    argmax = acc[np.arange(Q), own.argmax(1)].mean()
+    print(f"  own tag, sampled        {(acc * own).sum(1).mean():.3f}   argmax {argmax:.3f}")
 
 
 if __name__ == "__main__":

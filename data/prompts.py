@@ -22,7 +22,7 @@ Bad input raises DataError naming the file, the line and the field, as load_trac
 """
 from dataclasses import dataclass
 
-from data.traces import DataError, read_jsonl
+from data.traces import DataError, load_records
 
 TEST_TYPES = ("stdin", "functional")
 
@@ -42,16 +42,7 @@ class Prompt:
 
 def load_prompts(path):
     """Read and validate an RL prompt JSONL file into a list of Prompts."""
-    prompts, seen = [], {}
-    for n, obj in read_jsonl(path):
-        prompt = _prompt(obj, path, n)
-        if prompt.id in seen:
-            raise DataError(path, n, "id", f"duplicate id {prompt.id!r} (first on line {seen[prompt.id]})")
-        seen[prompt.id] = n
-        prompts.append(prompt)
-    if not prompts:
-        raise DataError(path, None, None, "no prompts (the file is empty)")
-    return prompts
+    return load_records(path, _prompt, "prompts")
 
 
 def check_tests(tests, func_name, fail):

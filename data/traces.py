@@ -42,16 +42,22 @@ def load_traces(path, num_traces=None, allow_fewer=False):
     num_traces: keep the first num_traces traces of each question; a question with fewer is an
     error unless allow_fewer, in which case it trains on what it has.
     """
-    examples, seen = [], {}
+    return load_records(path, lambda obj, path, n: _example(obj, path, n, num_traces, allow_fewer), "examples")
+
+
+def load_records(path, parse, what):
+    """Every line of a JSONL file through parse(obj, path, line) into records with an `id`; a
+    duplicate id and an empty file are errors naming the line. Shared with the RL prompt files."""
+    records, seen = [], {}
     for n, obj in read_jsonl(path):
-        ex = _example(obj, path, n, num_traces, allow_fewer)
-        if ex.id in seen:
-            raise DataError(path, n, "id", f"duplicate id {ex.id!r} (first on line {seen[ex.id]})")
-        seen[ex.id] = n
-        examples.append(ex)
-    if not examples:
-        raise DataError(path, None, None, "no examples (the file is empty)")
-    return examples
+        record = parse(obj, path, n)
+        if record.id in seen:
+            raise DataError(path, n, "id", f"duplicate id {record.id!r} (first on line {seen[record.id]})")
+        seen[record.id] = n
+        records.append(record)
+    if not records:
+        raise DataError(path, None, None, f"no {what} (the file is empty)")
+    return records
 
 
 def read_jsonl(path):
