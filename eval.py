@@ -335,7 +335,7 @@ def evaluate_run(model_path, task, num_tags, *, shared=False, out_file=None, tem
     coverage = coverage_tag(metrics_file) if metrics_file.exists() and not shared else None
     if temperatures:
         report = {str(t): evaluate(model, tok, task, num_tags=num_tags, shared=shared, coverage=coverage,
-                                   temperature=t, greedy=False, **kwargs) for t in temperatures}
+                                   greedy=False, **{**kwargs, "temperature": t}) for t in temperatures}
         for t, r in report.items():
             print(f"T={t}: pass@1 {r['pass@1']:.3f}  cons@{num_tags} {r['cons@N']:.3f}  "
                   + "  ".join(f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items() if int(k) > 1))

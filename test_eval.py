@@ -157,6 +157,16 @@ def test_default_path_end_to_end(tmp_path):
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 12
 
+    # --temperatures: one report per temperature, the default one equal to eval.json's (same seeds)
+    ev.main(["--model", str(tmp_path), "--train-questions", "64", "--questions", "6",
+               "--temperatures", "0.7,1.5", "--out", str(tmp_path / "t.json")])
+    by_t = json.loads((tmp_path / "t.json").read_text())
+    assert set(by_t) == {"0.7", "1.5"}
+    for key in ("pass@1", "cons@N", "pass@k", "pass@k_tags"):
+        assert by_t["0.7"][key] == report[key]
+    lengths = {t: [tag["mean_length"] for tag in by_t[t]["per_tag"]] for t in by_t}
+    assert lengths["0.7"] == [tag["mean_length"] for tag in report["per_tag"]] != lengths["1.5"]
+
 
 @pytest.mark.skipif(not (SHARED / "aime24.jsonl").exists(), reason="needs ../shared/data")
 def test_math_tasks_read_the_benchmarks_and_name_their_cons_variant():

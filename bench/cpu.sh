@@ -14,3 +14,5 @@ mkdir -p "$OUT"
 "$PYTHON" bench/bench_hungarian.py --json "$OUT/cpu_hungarian.json"
 "$PYTHON" bench/bench_kernels.py --json "$OUT/cpu_kernels.json"
 "$PYTHON" bench/bench_rewards.py --json "$OUT/cpu_rewards.json"
+# GFPO's update against GRPO's on the same rollouts: needs an SSFT model (`python ssft.py` writes out/ssft)
+"$PYTHON" bench/bench_gfpo.py --model "${SSFT_MODEL:-out/ssft}" --json "$OUT/cpu_gfpo.json"

@@ -88,8 +88,10 @@ def sweep(a):
     print("| GFPO lr | mean accuracy of the 6 tags | best single tag | pass@1, own tag | tag entropy (nats) |")
     print("|---|---|---|---|---|")
     for lr in [None, *a.sweep]:
-        name = "gfpo-seed0" if lr == GFPOConfig.lr else f"gfpo-seed0-lr{lr:g}"  # the main table's run at the default
-        run = base if lr is None else Path(a.runs) / "rl" / name
+        if lr is None:
+            run = base
+        else:  # the default learning rate is the main table's run
+            run = Path(a.runs) / "rl" / ("gfpo-seed0" if lr == GFPOConfig.lr else f"gfpo-seed0-lr{lr:g}")
         if lr is not None and not (run / "model").exists():
             sh("gfpo.py", "--model", base, "--lr", lr, "--out", run, "--overwrite", "--eval-questions", "0")
         r = evaluated(run, False)
