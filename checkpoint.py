@@ -163,20 +163,15 @@ def load(ckpt, model, opt):
 def export_hf(model, tokenizer, path, world, dtype=torch.bfloat16):
     """Write a HF model directory from a (sharded) training model, gathering one tensor at a time
     (a collective on every rank; rank 0 writes). Written as path.tmp and renamed."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
 
     def gathered():
-        for name, t in model.state_dict().items():
+        for name, t in model.checkpoint_tensors().items():
             yield name, t.full_tensor() if isinstance(t, DTensor) else t
 
     if world.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, tensors=gathered(), dtype=dtype)
-        tokenizer.save(str(tmp / "tokenizer.json"))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        with _replacing(Path(path)) as tmp:
+            model.save_pretrained(tmp, tensors=gathered(), dtype=dtype)
+            tokenizer.save(str(tmp / "tokenizer.json"))
     else:
         for _ in gathered():
             pass
@@ -192,15 +187,27 @@ def export_checkpoint(ckpt, path, dtype=torch.bfloat16):
     meta = FileSystemReader(ckpt).read_metadata().state_dict_metadata
 
     def tensors():
-        for name in model.state_dict():
+        for name in model.checkpoint_tensors():
             info = meta[f"model.{name}"]
             t = torch.empty(tuple(info.size), dtype=info.properties.dtype)
             with _quiet():
                 dcp.load({"model": {name: t}}, checkpoint_id=ckpt, no_dist=True)
             yield name, t
 
-    model.save_pretrained(path, tensors=tensors(), dtype=dtype)
-    shutil.copy(ckpt / "tokenizer.json", path / "tokenizer.json")
+    with _replacing(path) as tmp:
+        model.save_pretrained(tmp, tensors=tensors(), dtype=dtype)
+        shutil.copy(ckpt / "tokenizer.json", tmp / "tokenizer.json")
+
+
+@contextlib.contextmanager
+def _replacing(path):
+    """Write a directory as path.tmp, which replaces `path` only once complete."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
 
 
 def main(argv=None):

@@ -110,18 +110,20 @@ def shard(model, world):
     mp = MixedPrecisionPolicy(param_dtype=compute_dtype(world.device), reduce_dtype=torch.float32)
     for block in model.model.layers:
         fully_shard(block, mp_policy=mp)
-    head = [model.model.norm, model.lm_head]
-    if model.config.tie_word_embeddings:
-        head.insert(0, model.model.embed_tokens)
-    else:
+    if not model.config.tie_word_embeddings:
         fully_shard(model.model.embed_tokens, mp_policy=mp)
     # The head is needed again at the very start of backward: keep it gathered after forward.
-    fully_shard(head, mp_policy=mp, reshard_after_forward=False)
+    fully_shard(_head(model), mp_policy=mp, reshard_after_forward=False)
     fully_shard(model, mp_policy=mp)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # sum over ranks; the loss divides by global tokens
             m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-scaled sum)
+
+
+def _head(model):
+    """The modules of the head's FSDP unit: the final norm and lm_head (and the tied embedding)."""
+    return [model.model.embed_tokens] * model.config.tie_word_embeddings + [model.model.norm, model.lm_head]
 
 
 def build_model(world, source=None, config=None):
@@ -141,9 +143,15 @@ def build_model(world, source=None, config=None):
         set_model_state_dict(model, full, options=options)
     else:
         # Every rank checks the files (headers only) so that a bad checkpoint fails everywhere alike.
-        index = checkpoint_index(source, model.expected_tensors())
-        for name, file in index.items():  # one tensor at a time: rank 0 holds at most one, in fp32
-            full = {name: read_tensor(file, name).float()} if world.main else {}
+        index = checkpoint_index(source, model.checkpoint_tensors().keys())
+        # One decoder layer (or one other tensor) per call: rank 0 holds at most that, in fp32. Each
+        # call walks the whole model's state, so per-tensor calls would cost O(tensors^2) at 32B.
+        groups = {}  # "model.layers.{i}", or a tensor's own name -> the tensors loaded together
+        for name in index:
+            key = ".".join(name.split(".")[:3]) if name.startswith("model.layers.") else name
+            groups.setdefault(key, []).append(name)
+        for names in groups.values():
+            full = {name: read_tensor(index[name], name).float() for name in names} if world.main else {}
             set_model_state_dict(model, full, options=options)
     model.tie_weights()
     return model
@@ -170,9 +178,7 @@ def gathered(model):
     try:
         yield model
     finally:
-        head = {model, model.lm_head, model.model.norm}  # gathered after forward (see shard), as the root
-        if model.config.tie_word_embeddings:
-            head.add(model.model.embed_tokens)
+        head = {model, *_head(model)}  # gathered after forward (see shard), as the root
         for m in units:
             m.set_reshard_after_forward(m not in head, recurse=False)
             m.reshard()

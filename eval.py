@@ -156,7 +156,7 @@ def sample_all(model, jobs, *, temperature, top_p, max_new, stop, batch=256):
 @torch.no_grad()
 def fork_logits(model, prompts, tags, pad_id, budget=8192):
     """Logits (Q, V) of the forking token after each prompt and the tag text before the fork."""
-    rows = [p + tags.ids[0][:tags.fork] for p in prompts]
+    rows = [p + tags.prefix for p in prompts]
     out = [None] * len(rows)
     for g, logits in last_logits(model, rows, budget, World(device=next(model.parameters()).device), pad_id):
         for i, row in zip(g, logits):

@@ -46,11 +46,12 @@ import torch
 import checkpoint
 from batches import forward_rows, last_logits
 from data import DataError, encode, forking_tags, load_prompts, prompt_text, synthetic, tag_text
+from data.chat import SYSTEM
 from data.tokenizer import load_tokenizer, special_id
 from distributed import build_model, gathered, setup_world
 from eval import MATH_PROMPT, sample_all, seeded
 from kernels import IGNORE_INDEX
-from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, lr_at, model_dir, parse_flags,
+from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, model_dir, parse_flags,
                  script, step_items, stopped, user_input)
 
 # -------------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ class Prompts:
             self.questions = [MATH_PROMPT.format(question=p.question) if p.kind == "math" else p.question
                               for p in prompts]
             self.golds = [p.answer if p.kind == "math" else (p.tests, p.func_name) for p in prompts]
-            from data.chat import SYSTEM as system
+            system = SYSTEM
             self.max_new = 4096
         self.max_new = cfg.max_new or self.max_new
         self.ids = [encode(self.tok, prompt_text(q, system)) for q in self.questions]
@@ -183,7 +184,7 @@ def rollouts(model, ref, prompts, qs, cfg, world, step):
     """For this rank's prompts qs: fork logits (B, V) of the sampling policy (and of the reference),
     forks (B, G) drawn, and the rollouts: (prefix ids, generated ids) per (prompt, g)."""
     B, G = len(qs), cfg.group
-    rows = [prompts.ids[q] + (prompts.tags.ids[0][:prompts.tags.fork] if prompts.shared is None else []) for q in qs]
+    rows = [prompts.ids[q] + (prompts.tags.prefix if prompts.shared is None else []) for q in qs]
     with gathered(model):
         logits = torch.cat([x for _, x in last_logits(model, rows, cfg.micro_tokens, world, prompts.pad_id)])
         ref_logits = torch.cat([x for _, x in last_logits(ref, rows, cfg.micro_tokens, world, prompts.pad_id)]) \
@@ -207,8 +208,7 @@ def train(cfg, given):
     run = Run(cfg, given, world)
     cfg = run.cfg
     if run.finished:
-        print(f"{run.out}: the run is finished ({run.start} of {cfg.steps} steps); pass --steps N to train longer")
-        return cfg, run, None
+        return cfg, run
     if not model_dir(cfg.model).is_dir():
         raise UserError(f"--model {cfg.model}: RL starts from a trained model (a run or HF directory), not a preset")
     with user_input():
@@ -228,8 +228,6 @@ def train(cfg, given):
         for step in range(run.start, cfg.steps):
             t0 = time.time()
             qs = step_items(len(prompts.questions), cfg.batch, cfg.seed, step, world)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, lr=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, min_lr=cfg.min_lr)
             # 1. rollouts, with the fork drawn from the N tags
             model.eval()
             logits, ref_logits, forks, prefix, gen = rollouts(model, ref, prompts, qs, cfg, world, step)
@@ -256,16 +254,13 @@ def train(cfg, given):
             if world.main:
                 progress.show(step, f"reward {log['reward']:.3f} | zero-variance {log['zero_variance']:.0%} | "
                                     f"loss {log['loss']:.4f} | rollouts {t_rollout:.1f}s")
-            signum, leave = run.end_step(step, stop, lambda n: run.save(model, opt, prompts.tok, n, {}))
-            if signum:
-                return cfg, run, signum
-            if leave:
+            if run.end_step(step, stop, lambda n: run.save(model, opt, prompts.tok, n, {})):
                 break
         run.finish(model, prompts.tok)
     finally:
         stop.restore()
         world.close()
-    return cfg, run, None
+    return cfg, run
 
 
 def grpo_rows(prompts, qs, prefix, gen, G, max_len):
@@ -290,7 +285,7 @@ def update(model, cfg, world, prompts, qs, forks, logp_old, adv, kept, ref_logit
     G, dev = cfg.group, world.device
     if cfg.mode == "gfpo":
         kept_rollouts, prompts_total = world.sum(int(kept.sum()) * G), world.sum(len(qs))
-        fork_rows = [prompts.ids[q] + prompts.tags.ids[0][:prompts.tags.fork] for q in qs]  # one row a prompt
+        fork_rows = [prompts.ids[q] + prompts.tags.prefix for q in qs]  # one row a prompt
         loss = kl = 0.0
         for g, logits in last_logits(model, fork_rows, cfg.micro_tokens, world, prompts.pad_id):
             if not g:  # an empty pass still joins FSDP's backward
@@ -353,11 +348,11 @@ def main(argv=None):
         if cfg.plan:
             from plan import print_plan
             return print_plan(cfg)
-        cfg, run, signum = train(cfg, given)
+        cfg, run = train(cfg, given)
     except (UserError, DataError, Diverged, checkpoint.SaveError) as e:
         sys.exit(f"error: {e}")
-    if signum:
-        stopped(run, signum, "gfpo.py")
+    if run.signum:
+        stopped(run, "gfpo.py")
     if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
         from eval import SyntheticTask, evaluate_run
         evaluate_run(run.out, SyntheticTask(synthetic.split(cfg.train_questions, cfg.eval_questions)[1]), cfg.num_tags,

@@ -72,9 +72,8 @@ class Config:
             if value and value != ok:
                 raise ValueError(f"{path}: {key}={value!r} is not supported (only {ok!r})")
         config = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
-        head_dim = raw.get("head_dim")
-        if head_dim is not None and head_dim != config.head_dim:
-            raise ValueError(f"{path}: head_dim={head_dim} differs from hidden_size/num_attention_heads")
+        if raw.get("head_dim") not in (None, config.head_dim):
+            raise ValueError(f"{path}: head_dim={raw['head_dim']} differs from hidden_size/num_attention_heads")
         return config
 
     def to_json(self, dtype):
@@ -307,35 +306,35 @@ class Qwen2(nn.Module):
         config = Config.from_json(Path(path) / "config.json")
         with torch.device("meta"):
             model = cls(config)
-        for name, file in checkpoint_index(path, model.expected_tensors()).items():
+        for name, file in checkpoint_index(path, model.checkpoint_tensors().keys()).items():
             t = read_tensor(file, name).to(device=device, dtype=dtype)
             model.load_state_dict({name: t}, strict=False, assign=True)
         model.tie_weights()
         return model
 
-    def expected_tensors(self):  # the tensors of a checkpoint (tied ones carry no lm_head.weight)
-        return set(self.state_dict()) - ({"lm_head.weight"} if self.config.tie_word_embeddings else set())
+    def checkpoint_tensors(self):
+        """{name: tensor} a checkpoint stores, in state_dict order (a tied lm_head.weight is re-tied)."""
+        tied = self.config.tie_word_embeddings
+        return {n: t for n, t in self.state_dict().items() if not (tied and n == "lm_head.weight")}
 
     def save_pretrained(self, path, tensors=None, dtype=None, max_shard_bytes=5 * 2**30):
         """Write config.json and safetensors in transformers' layout, sharded with an index above
         max_shard_bytes. `tensors` yields (name, tensor) pairs, by default this model's state; each
         shard is written as soon as it is full (FSDP streams gathered tensors), so at most one
-        shard is held. dtype: the stored dtype (default: the tensors')."""
+        shard is held. dtype: the stored dtype (default: the first tensor's)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        shards, total = [{}], 0  # every shard but the last is already on disk (and emptied)
-        for name, t in self.state_dict().items() if tensors is None else tensors:
-            if name == "lm_head.weight" and self.config.tie_word_embeddings:
-                continue  # transformers re-ties it from the embedding
+        shards, total, size, stored = [{}], 0, 0, dtype  # every shard but the last is on disk (emptied)
+        for name, t in self.checkpoint_tensors().items() if tensors is None else tensors:
             t = t.detach().to("cpu", dtype=dtype or t.dtype).contiguous()
-            dtype, total = t.dtype, total + t.nbytes
-            if shards[-1] and sum(x.nbytes for x in shards[-1].values()) + t.nbytes > max_shard_bytes:
+            stored, total = stored or t.dtype, total + t.nbytes
+            if shards[-1] and size + t.nbytes > max_shard_bytes:
                 save_file(shards[-1], path / f"part-{len(shards)}", metadata={"format": "pt"})
-                shards[-1] = dict.fromkeys(shards[-1])
+                shards[-1], size = dict.fromkeys(shards[-1]), 0
                 shards.append({})
-            shards[-1][name] = t
+            shards[-1][name], size = t, size + t.nbytes
         save_file(shards[-1], path / f"part-{len(shards)}", metadata={"format": "pt"})
-        (path / "config.json").write_text(json.dumps(self.config.to_json(dtype), indent=2))
+        (path / "config.json").write_text(json.dumps(self.config.to_json(stored), indent=2))
         names = ["model.safetensors"] if len(shards) == 1 else \
             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
         for i, name in enumerate(names):  # the count is known only now
@@ -382,14 +381,14 @@ class Qwen2(nn.Module):
             mask = ((causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device))[:, None]
         cache = KVCache(self.config, B, S, device, self.lm_head.weight.dtype)
         logits = self(ids, last=True, position_ids=positions, attn_mask=mask, cache=cache)  # (B, V)
-        out, finished = prefix, torch.zeros(B, dtype=torch.bool, device=device)
-        stop, pos = torch.tensor(list(stop_ids), dtype=torch.long, device=device), positions[:, -1]
+        out, finished, stop, pos = prefix, [False] * B, set(stop_ids), positions[:, -1]
         for step in range(max_new_tokens):
             tok = sample(logits, temperature, top_p, generators)  # (B,)
-            for i in (~finished).nonzero().flatten().tolist():
-                out[i].append(int(tok[i]))
-            finished |= torch.isin(tok, stop)
-            if finished.all() or step == max_new_tokens - 1:
+            for i, t in enumerate(tok.tolist()):  # one device sync per token
+                if not finished[i]:
+                    out[i].append(t)
+                    finished[i] = t in stop
+            if all(finished) or step == max_new_tokens - 1:
                 break
             valid[:, P + step] = True
             pos = pos + 1
@@ -400,7 +399,7 @@ class Qwen2(nn.Module):
 
 def sample(logits, temperature, top_p, generators=None):
     """Next token per row from logits (B, V): argmax at temperature 0, else nucleus sampling, row b
-    by inverting its CDF at a uniform draw of generators[b]."""
+    by inverting its CDF at a uniform draw of generators[b] (default: torch's global generator)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -410,7 +409,8 @@ def sample(logits, temperature, top_p, generators=None):
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
     cdf = probs.cumsum(-1)  # (B, V)
-    u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(cdf.device)
+    u = torch.rand(len(cdf), device=cdf.device) if generators is None else \
+        torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(cdf.device)
     return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp(max=cdf.shape[1] - 1)
 
 

@@ -190,6 +190,9 @@ class Run:
             self.cfg = type(cfg)(**{**saved, **{k: getattr(cfg, k) for k in (given & set(RESUMABLE)) | set(PER_CALL)}})
             check_flags(self.cfg)
             self.start = self.saved_step = self.state["step"]
+            if self.finished and world.main:
+                print(f"{self.out}: the run is finished ({self.start} of {self.cfg.steps} steps); "
+                      "pass --steps N to train longer")
         else:
             self.cfg = cfg
             if self.state and self.state["step"] < self.state["config"]["steps"] and not cfg.overwrite:
@@ -198,6 +201,7 @@ class Run:
                                 "--overwrite to discard it")
             self.state = self.checkpoint = self.saved_step = None  # replaced by this run's first save
         self.metrics = self.out / "metrics.jsonl"
+        self.signum = None  # the stop signal the run left on, if any
 
     @property
     def finished(self):
@@ -233,10 +237,13 @@ class Run:
         self.saved_step = step
 
     def optimizer_step(self, model, opt, step, **values):
-        """Clip the global gradient norm to --grad-clip and step the optimizer, unless the norm or
-        one of `values` (the loss) is not finite: then Diverged, before anything changed. Returns
-        the norm before clipping."""
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        """Set the schedule's learning rate of `step`, clip the global gradient norm to --grad-clip
+        and step the optimizer, unless the norm or one of `values` (the loss) is not finite: then
+        Diverged, before anything changed. Returns the norm before clipping."""
+        cfg = self.cfg
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, lr=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, min_lr=cfg.min_lr)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor under FSDP
         check_finite(step, self, grad_norm=norm, **values)
         opt.step()
@@ -245,13 +252,14 @@ class Run:
 
     def end_step(self, step, stop, save):
         """Save (save(step count)) on a stop signal, every --save-every steps, at the last step and
-        at --stop-after. Returns (the signal to stop on or None, whether --stop-after is reached)."""
+        at --stop-after. Returns whether to leave the loop now: a stop signal (kept in
+        self.signum) or --stop-after."""
         cfg, steps_done = self.cfg, step + 1
-        signum = stop.requested(self.world)
-        leave = bool(cfg.stop_after) and steps_done - self.start >= cfg.stop_after
-        if signum or leave or steps_done == cfg.steps or (cfg.save_every and steps_done % cfg.save_every == 0):
+        self.signum = stop.requested(self.world)
+        leave = bool(self.signum) or bool(cfg.stop_after) and steps_done - self.start >= cfg.stop_after
+        if leave or steps_done == cfg.steps or (cfg.save_every and steps_done % cfg.save_every == 0):
             save(steps_done)
-        return signum, leave
+        return leave
 
     def finish(self, model, tokenizer):
         """At the end of the run, the Hugging Face export out/model (--export-dtype)."""
@@ -327,11 +335,11 @@ def script(main):
         gc.collect()
 
 
-def stopped(run, signum, script):
+def stopped(run, script):
     """Leave after a stop signal, the checkpoint saved: say how to continue; exit 128 + signal."""
-    print(f"stopped by signal {signum} after step {run.saved_step}: saved {run.checkpoint}; "
+    print(f"stopped by signal {run.signum} after step {run.saved_step}: saved {run.checkpoint}; "
           f"continue with: python {script} --out {run.out} --resume", file=sys.stderr)
-    sys.exit(128 + signum)
+    sys.exit(128 + run.signum)
 
 
 class Progress:

@@ -35,7 +35,7 @@ from distributed import build_model, setup_world
 from hungarian import linear_sum_assignment
 from kernels import IGNORE_INDEX
 from model import Config
-from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, check_finite, lr_at, model_dir,
+from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, check_finite, model_dir,
                  parse_flags, script, step_items, stopped, user_input)
 
 # -------------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def cost_grid(model, *, questions, tags, L, budget, world, pad_id):
     after tag i. questions: Encoded (prompt ids, trace ids); tags: the Tags. The question and the
     tag up to its forking token are the same in all N*M rows, so they are computed once per
     question and every row continues from there (batches.continuation_nll)."""
-    prefixes = [q.prompt + tags.ids[0][:tags.fork] for q in questions]
+    prefixes = [q.prompt + tags.prefix for q in questions]
     rows, where = [], []
     for k, q in enumerate(questions):
         for i, tag in enumerate(tags.ids):
@@ -157,8 +157,7 @@ def train(cfg, given):
     run = Run(cfg, given, world)
     cfg = run.cfg
     if run.finished:
-        print(f"{run.out}: the run is finished ({run.start} of {cfg.steps} steps); pass --steps N to train longer")
-        return cfg, run, None
+        return cfg, run
     with user_input():
         task = Task(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
     if world.main:
@@ -184,10 +183,8 @@ def train(cfg, given):
     try:
         for step in range(run.start, cfg.steps):
             t0 = time.time()
-            # this rank's questions of the step, and the learning rate of the schedule
+            # this rank's questions of the step
             qs = step_items(len(task.examples), cfg.batch, cfg.seed, step, world)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, lr=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, min_lr=cfg.min_lr)
             # 1. the cost grid C (N tags, M traces) of each question, without gradients
             model.eval()  # Qwen2 has no dropout; eval() documents that the grid takes no gradients
             C = cost_grid(model, questions=[task.encoded[q] for q in qs], tags=task.tags, L=cfg.match_tokens,
@@ -205,7 +202,7 @@ def train(cfg, given):
                     rows.append(sequence(enc.prompt, tag, trace, cfg.max_len, cfg.tag_loss))
                 if sigma is not None:
                     record.append((ex.id, sigma.tolist(), float(C[k][sigma, range(len(sigma))].mean()), ex.sources))
-            # 3. the update: gradients of the set loss, then one AdamW step unless it diverged
+            # 3. the update: gradients of the set loss, then one AdamW step at the schedule's lr unless it diverged
             model.train()
             loss, tokens = set_loss(model, rows=rows, budget=cfg.micro_tokens, world=world, pad_id=task.pad_id)
             grad_norm = run.optimizer_step(model, opt, step, loss=loss)
@@ -217,17 +214,14 @@ def train(cfg, given):
             if world.main:
                 progress.show(step, f"loss {loss:.4f}" + (f" | cost {log['match_cost']:.3f}" if C is not None else "")
                               + (f" | changed {log['changed']:.0%}" if log["changed"] is not None else ""))
-            signum, leave = run.end_step(step, stop,
-                                         lambda n: run.save(model, opt, task.tok, n, {"last_assignment": last}))
-            if signum:
-                return cfg, run, signum
-            if leave:
+            if run.end_step(step, stop,
+                            lambda n: run.save(model, opt, task.tok, n, {"last_assignment": last})):
                 break
         run.finish(model, task.tok)
     finally:
         stop.restore()
         world.close()
-    return cfg, run, None
+    return cfg, run
 
 
 def matching_stats(record, last, sources, num_tags):
@@ -253,11 +247,11 @@ def main(argv=None):
         if cfg.plan:
             from plan import print_plan
             return print_plan(cfg)
-        cfg, run, signum = train(cfg, given)
+        cfg, run = train(cfg, given)
     except (UserError, DataError, Diverged, checkpoint.SaveError) as e:  # one line, no traceback
         sys.exit(f"error: {e}")
-    if signum:
-        stopped(run, signum, "ssft.py")
+    if run.signum:
+        stopped(run, "ssft.py")
     if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
         from eval import SyntheticTask, evaluate_run
         evaluate_run(run.out, SyntheticTask(synthetic.split(cfg.train_questions, cfg.eval_questions)[1]), cfg.num_tags,

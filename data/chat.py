@@ -47,6 +47,11 @@ class Tags:
     fork: int  # index, within each tag, of the one token where the tags differ
     fork_ids: list  # fork_ids[i] = ids[i][fork]
 
+    @property
+    def prefix(self):
+        """The tokens before the forking token, the same in every tag."""
+        return self.ids[0][:self.fork]
+
 
 def forking_tags(tok, n):
     """Tokenise the n tags and find the forking position: the tags must have the same length and
