@@ -14,7 +14,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def test_gpu_train_smoke_on_cpu(tmp_path):

@@ -21,7 +21,7 @@ from model import Qwen2
 
 ROOT = Path(__file__).parent
 RUN = ["--model", "tiny", "--train-questions", "48", "--eval-questions", "0", "--batch", "8", "--seed", "1"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 

@@ -36,7 +36,7 @@ def test_two_ranks_load_what_transformers_loads(tied, dtype, shard, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run([*torchrun, __file__, str(tmp_path / "hf"), str(tmp_path / "loaded.pt")],
                           cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ours = torch.load(tmp_path / "loaded.pt")
     theirs = Qwen2ForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).state_dict()

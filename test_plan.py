@@ -102,7 +102,8 @@ def measure(world):
 
 
 def run_measure(ranks, out):
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}  # no OpenMP waits on a busy machine
+    # CPU runs (also on a GPU machine); no OpenMP waits on a busy machine
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] \
         if ranks > 1 else [sys.executable]
     proc = subprocess.run([*launcher, __file__, "measure", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,

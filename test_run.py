@@ -203,7 +203,7 @@ def test_a_signal_saves_and_resume_is_exact(sig, tmp_path, full_run):
 def test_sigterm_to_torchrun_stops_every_rank_together(tmp_path):
     """SIGTERM to torchrun: both ranks stop at the same step and write their shards, and the run
     resumed on two ranks equals an uninterrupted two-rank run."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "ssft.py"]
     out, full = tmp_path / "run", tmp_path / "full"
     args = TINY + ["--steps", "12"]

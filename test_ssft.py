@@ -148,7 +148,7 @@ def test_unfinished_run_is_not_overwritten(tmp_path):
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     args = TINY_RUN + ["--steps", "3", "--mode", "ssft", "--export-dtype", "float32"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
         proc = subprocess.run([sys.executable, *launcher, "ssft.py", *args, "--out", str(tmp_path / name)],
                               cwd=ROOT, env=env, capture_output=True, text=True)

@@ -13,7 +13,7 @@ shared with other work slows all modes alike.
 
 Shapes:
     demo   the embedded demo: the demo model, the synthetic task, 16 questions x 4 traces, N = 6,
-           L = --match-tokens (16), 4096 tokens per pass;
+           L = --match-tokens (8, the demo's), 4096 tokens per pass;
     paper  the paper's: N = 6 tags, M = 4 traces of about 8,000 tokens (7,600 to 8,400), a
            300-token question, L = 1000, --questions per step (random tokens), on a small
            Qwen2-shaped model on CPU (--model small: hidden 256, 4 layers, vocabulary 8192) or a
@@ -180,7 +180,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="both", choices=("demo", "paper", "both"))
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up round)")
-    p.add_argument("--match-tokens", type=int, default=16, help="demo shape: L")
+    p.add_argument("--match-tokens", type=int, default=ssft.SSFTConfig.match_tokens, help="demo shape: L")
     p.add_argument("--questions", type=int, default=1, help="paper shape: questions per step")
     p.add_argument("--micro-tokens", type=int, default=20000, help="paper shape: tokens per forward pass")
     p.add_argument("--model", default="small", help="paper shape: 'small' or a preset (qwen2.5-0.5b on a GPU)")
