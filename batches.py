@@ -88,6 +88,17 @@ def last_logits(model, rows, budget, world, pad_id):
         yield g or [], model(ids, last=True, position_ids=positions, attn_mask=mask).float()
 
 
+def logits_in_order(model, rows, budget, world, pad_id):
+    """Logits (len(rows), V) fp32 of each row's last position, in the order of `rows` (the passes
+    run longest first), without gradients."""
+    out = [None] * len(rows)
+    with torch.no_grad():
+        for g, logits in last_logits(model, rows, budget, world, pad_id):
+            for i, row in zip(g, logits):
+                out[i] = row
+    return torch.stack(out)
+
+
 @torch.no_grad()
 def continuation_nll(model, prefixes, rows, budget, world, pad_id):
     """NLL sums and loss-token counts (lists, one per row) of rows (prefix index, ids, targets):

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import metrics
-from batches import last_logits
+from batches import logits_in_order
 from data import DataError, encode, forking_tags, load_prompts, prompt_text, synthetic, tag_text
 from data.chat import SYSTEM
 from data.tokenizer import load_tokenizer, special_id
@@ -156,12 +156,8 @@ def sample_all(model, jobs, *, temperature, top_p, max_new, stop, batch=256):
 @torch.no_grad()
 def fork_logits(model, prompts, tags, pad_id, budget=8192):
     """Logits (Q, V) of the forking token after each prompt and the tag text before the fork."""
-    rows = [p + tags.prefix for p in prompts]
-    out = [None] * len(rows)
-    for g, logits in last_logits(model, rows, budget, World(device=next(model.parameters()).device), pad_id):
-        for i, row in zip(g, logits):
-            out[i] = row
-    return torch.stack(out)
+    world = World(device=next(model.parameters()).device)
+    return logits_in_order(model, [p + tags.prefix for p in prompts], budget, world, pad_id)
 
 
 def tag_distribution(logits, tags):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 import checkpoint
-from batches import forward_rows, last_logits
+from batches import forward_rows, last_logits, logits_in_order
 from data import DataError, encode, forking_tags, load_prompts, prompt_text, synthetic, tag_text
 from data.chat import SYSTEM
 from data.tokenizer import load_tokenizer, special_id
@@ -186,9 +186,8 @@ def rollouts(model, ref, prompts, qs, cfg, world, step):
     B, G = len(qs), cfg.group
     rows = [prompts.ids[q] + (prompts.tags.prefix if prompts.shared is None else []) for q in qs]
     with gathered(model):
-        logits = torch.cat([x for _, x in last_logits(model, rows, cfg.micro_tokens, world, prompts.pad_id)])
-        ref_logits = torch.cat([x for _, x in last_logits(ref, rows, cfg.micro_tokens, world, prompts.pad_id)]) \
-            if ref is not None else None
+        logits = logits_in_order(model, rows, cfg.micro_tokens, world, prompts.pad_id)  # (B, V), row b = qs[b]
+        ref_logits = logits_in_order(ref, rows, cfg.micro_tokens, world, prompts.pad_id) if ref is not None else None
         forks = torch.zeros(B, G, dtype=torch.long)
         if prompts.shared is None:
             probs = torch.softmax(logits[:, prompts.tags.fork_ids] / cfg.temperature, -1).cpu()  # (B, N)

@@ -147,7 +147,8 @@ def print_plan(cfg):
     path = model_dir(cfg.model)
     config = Config.from_json(path / "config.json") if path.is_dir() else Config.preset(cfg.model)
     tokens, world = max(cfg.micro_tokens, cfg.max_len), cfg.world_size
-    rows = min(cfg.sample_batch, cfg.batch // world * cfg.group) if getattr(cfg, "group", 0) else 0
+    sample_batch = getattr(cfg, "sample_batch", SAMPLE_BATCH)  # plan.py --gfpo has no such flag
+    rows = min(sample_batch, cfg.batch // world * cfg.group) if getattr(cfg, "group", 0) else 0
     # gfpo.py's --max-new 0 means 4096 for math prompts (Prompts in gfpo.py); prompts of ~512 tokens
     rollouts = dict(rows=rows, prompt=getattr(cfg, "prompt_len", 512), max_new=getattr(cfg, "max_new", 0) or 4096)
     parts = estimate(config, world, tokens, **rollouts)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ssft
-from batches import micro_batches
+from batches import logits_in_order, micro_batches
 from data import encode_example, forking_tags, sequence
 from data.synthetic import SYSTEM, make_examples, tokenizer_for
 from distributed import World
@@ -241,3 +241,15 @@ def test_real_format_checkpoint_and_vocabulary(tmp_path):
     back = Qwen2ForCausalLM.from_pretrained(tmp_path / "run" / "model")
     assert back.config.tie_word_embeddings and back.config.vocab_size == 151936
     assert (tmp_path / "run" / "model" / "tokenizer.json").exists()
+
+
+def test_last_position_logits_come_back_in_row_order():
+    """The passes run longest first; each row's logits must still be its own (GFPO draws its forks
+    from them), equal to a forward pass of that row alone."""
+    torch.manual_seed(0)
+    model = Qwen2(Config.preset("tiny")).eval()
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11, 12]]
+    got = logits_in_order(model, rows, budget=64, world=World(), pad_id=0)
+    for row, logits in zip(rows, got):
+        direct = model(torch.tensor([row]), last=True)[0]
+        torch.testing.assert_close(logits, direct.float(), rtol=1e-5, atol=1e-5)
