@@ -4,26 +4,28 @@ with the policy gradient at the global forking token only; and GRPO, its baselin
 
 After SSFT every tag <think{i}> opens its own mode of reasoning. GFPO learns, per question, which
 one to open. Every step, for each prompt x of the batch:
-  1. G rollouts. Rollout g draws its forking token (the tag's digit) from the policy restricted to
-     the N tag tokens at the sampling temperature T,  pi(i | x) = softmax(z_x[tag ids] / T)_i
-     (z_x: the logits at the forking position), then the rest of the tag is forced and the answer
-     generated with the KV cache at the paper's T = 0.7, top-p 0.95. Each rollout is seeded by
-     (seed, step, prompt, rollout), so any rank count draws the same ones.             (rollouts)
-  2. Rewards r_g in {0, 1} (the synthetic checker, or rewards.grade_math) and group-normalised
+  1. G rollouts. Rollout g draws its forking token (the tag's digit) f_g from the fork policy, the
+     N tag tokens' logits z_x at the sampling temperature T (sampling.fork_policy),
+        pi(i | x) = softmax(z_x[tag ids] / T)_i,
+     then the rest of the tag is forced and the answer generated with the KV cache at the paper's
+     T = 0.7, top-p 0.95. Each rollout is seeded by (seed, step, prompt, rollout), so any rank
+     count draws the same ones.                                                          (rollouts)
+  2. Rewards r_g in {0, 1}, the task's grade of the answer (tasks.py), and group-normalised
      advantages A_g = (r_g - mean r) / (std r + 1e-6), std with Bessel's correction, in fp64.
      A group whose rewards are all equal carries no signal: it is dropped from the loss and from
      its normaliser (DAPO's argument), and its share is logged.                        (advantages)
-  3. The loss at the forking token: with rho_g = pi_theta(f_g | x) / pi_old(f_g | x), pi_old the
-     policy that sampled,
+  3. The objective at the forking token: with rho_g = pi_theta(f_g | x) / pi_old(f_g | x), pi_old
+     the policy that sampled (recorded by the rollouts),
         L = -(1 / #kept rollouts) sum_g min(rho_g A_g, clip(rho_g, 1 - eps_low, 1 + eps_high) A_g)
-            + beta * mean_x KL(pi_theta(. | x) || pi_ref(. | x)),
-     the KL exact over the whole vocabulary at the forking position, pi_ref the initial model.
+            + beta * (1 / #prompts) sum_x KL(pi_theta(. | x) || pi_ref(. | x)),
+     the KL exact over the whole vocabulary at the forking position, pi_ref the initial model;
+     #kept rollouts and #prompts count the global batch.                          (gfpo_objective)
      Forward and backward cover the prompt and the tag up to the fork, one row per prompt, never
-     the rollouts: that is the method's saving.                                         (gfpo_loss)
+     the rollouts: that is the method's saving.                                        (gfpo_update)
 --mode grpo uses the same rollouts, rewards and advantages with the clipped objective on every
 generated token (the forking token and the answer; the forced tag tokens are not the policy's),
 normalised by the generated tokens of the kept groups of the global batch (DAPO's token mean), the
-per-token log-probabilities from the fused loss, never the (T, V) logits.                (grpo_loss)
+per-token log-probabilities from the fused loss, never the (T, V) logits.    (grpo_objective, _update)
 With --epochs 1 (the default) each batch of rollouts makes one update, so rho = 1 and the clip is
 inert; --epochs E > 1 reuses the rollouts E times and the clip binds.
 
@@ -44,18 +46,22 @@ import numpy as np
 import torch
 
 import checkpoint
-from batches import forward_rows, last_logits, logits_in_order
-from data import DataError, encode, forking_tags, load_prompts, prompt_text, synthetic, tag_text
-from data.chat import SYSTEM
-from data.tokenizer import load_tokenizer, special_id
+from batches import forward_rows, last_logits
+from data import DataError, synthetic
+from data.tokenizer import load_tokenizer
 from distributed import build_model, gathered, setup_world
-from eval import MATH_PROMPT, sample_all, seeded
+from flags import UserError, arg, model_dir, parse_flags, user_input
 from kernels import IGNORE_INDEX
-from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, model_dir, parse_flags,
-                 script, step_items, stopped, user_input)
+from run import Diverged, Progress, Run, RunConfig, Stop, adamw, script, step_items, stopped
+from sampling import chat_prompts, draw_forks, fork_logits, fork_policy, fork_statistics, sample
+from tasks import load_task
+
+# Rollouts stop at this many new tokens unless told (--max-new): the answer budget of a benchmark's
+# evaluation (32768) would make one RL step hours long.
+RL_MAX_NEW = 4096
 
 # -------------------------------------------------------------------------------------------------
-# The three steps
+# The objective
 
 
 def advantages(rewards, eps=1e-6):
@@ -73,24 +79,140 @@ def clipped(logp, logp_old, adv, clip_low, clip_high):
     return torch.minimum(rho * adv, rho.clamp(1 - clip_low, 1 + clip_high) * adv)
 
 
-def gfpo_loss(logits, *, forks, logp_old, adv, tags, temperature, clip_low, clip_high, kl=0.0, ref_logits=None):
-    """The summed GFPO loss of a pass (divide by the kept rollouts of the global batch): logits (B, V)
-    at the forking token, with gradients; forks (B, G) tag indices drawn; logp_old, adv (B, G),
-    adv 0 for dropped groups. Returns (policy-gradient sum, KL sum over prompts)."""
-    logp = torch.log_softmax(logits[:, tags.fork_ids] / temperature, -1).gather(1, forks)  # (B, G)
+def gfpo_objective(logits, *, forks, logp_old, adv, tags, temperature, clip_low, clip_high, kept_rollouts,
+                   prompts, beta=0.0, ref_logits=None):
+    """The share of L (the docstring's) of a micro-batch of B prompts, normalised by the global
+    batch's kept_rollouts and prompts: logits (B, V) at the forking token, with gradients; forks,
+    logp_old, adv (B, G), adv 0 for dropped groups; ref_logits (B, V) of pi_ref when beta > 0.
+    Returns (L's share, its policy-gradient sum, its KL sum), the sums detached for the log."""
+    logp = fork_policy(logits, tags, temperature).gather(1, forks)  # (B, G) log pi_theta(f_g | x)
     pg = -clipped(logp, logp_old, adv, clip_low, clip_high).sum()
-    if not kl:
-        return pg, logits.new_zeros(())
-    logq, logr = torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1)  # (B, V)
-    return pg, (logq.exp() * (logq - logr)).sum()  # exact KL(pi_theta || pi_ref), summed over prompts
+    kl = logits.new_zeros(())
+    if beta:
+        logq, logr = torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1)  # (B, V)
+        kl = (logq.exp() * (logq - logr)).sum()  # exact KL(pi_theta || pi_ref), summed over prompts
+    return pg / max(kept_rollouts, 1) + beta * kl / prompts, pg.detach(), kl.detach()
 
 
-def grpo_loss(nll, mask, *, logp_old, adv, clip_low, clip_high):
-    """The summed GRPO loss of a pass (divide by the generated tokens of the global batch):
-    nll (B, T) per-token NLL of the rollouts, mask (B, T) their generated tokens, logp_old (B, T),
-    adv (B,) one advantage per rollout."""
+def grpo_objective(nll, mask, *, logp_old, adv, clip_low, clip_high, tokens):
+    """The share of GRPO's loss of a micro-batch of B rollouts, normalised by the global batch's
+    policy tokens: nll (B, T) per-token NLL of the rollouts, with gradients; mask (B, T) their
+    policy tokens; logp_old (B, T); adv (B,) one advantage per rollout."""
     per_token = clipped(-nll, logp_old, adv[:, None], clip_low, clip_high)
-    return -(per_token * mask).sum()
+    return -(per_token * mask).sum() / max(tokens, 1)
+
+
+# -------------------------------------------------------------------------------------------------
+# Rollouts and the two updates
+
+
+@dataclass
+class Rollouts:
+    """One step's rollouts on this rank: B prompts x G, every field indexed [b][g] or (B, G)."""
+    questions: list  # (B,) the question index of each prompt (into the task)
+    forks: torch.Tensor  # (B, G) the tag drawn at the forking token (0 with a shared tag)
+    logp_old: torch.Tensor  # (B, G) log pi_old(fork | x) of the policy that sampled
+    tag_ids: list  # [b][g] the ids of the forced tag
+    generated: list  # [b][g] the generated ids after the tag
+    rewards: np.ndarray  # (B, G)
+    advantages: np.ndarray  # (B, G) fp64, 0 where the group is not kept
+    kept: np.ndarray  # (B,) groups whose rewards differ
+    fork_logits: torch.Tensor = None  # (B, V) of the sampling policy; None with a shared tag (no fork)
+    ref_logits: torch.Tensor = None  # (B, V) of pi_ref, when beta > 0
+    token_logp_old: list = None  # grpo with --epochs > 1: log pi_old of each row's tokens (grpo_rows)
+
+
+@torch.no_grad()
+def rollouts(model, ref, data, questions, cfg, world, step):
+    """Steps 1 and 2 for this rank's prompts `questions`: G rollouts each, their rewards and advantages."""
+    B, G, prompts = len(questions), cfg.group, data.prompts
+    logits = ref_logits = None
+    forks, logp_old = torch.zeros(B, G, dtype=torch.long), torch.zeros(B, G)
+    with gathered(model):
+        if prompts.tags is not None:  # (a shared-tag model has no fork to draw)
+            logits = fork_logits(model, prompts, questions, cfg.micro_tokens, world)  # (B, V), row b = questions[b]
+            ref_logits = fork_logits(ref, prompts, questions, cfg.micro_tokens, world) if ref is not None else None
+            log_pi = fork_policy(logits, prompts.tags, cfg.temperature)  # (B, N)
+            forks = draw_forks(log_pi, [[(cfg.seed, step, q, g, 0) for g in range(G)] for q in questions])
+            logp_old = log_pi.gather(1, forks.to(log_pi.device))
+        tag_ids = [[prompts.slots[int(f)] for f in row] for row in forks]
+        generated = sample(model, (B, G), lambda b, g: (prompts.ids[questions[b]], tag_ids[b][g],
+                                                        (cfg.seed, step, questions[b], g, 1)),
+                           temperature=cfg.temperature, top_p=cfg.top_p, max_new=data.max_new, stop=prompts.stop,
+                           batch=cfg.sample_batch)
+    rewards = np.array([[data.task.grade(data.tok.decode(ids, skip_special_tokens=True), q) for ids in row]
+                        for q, row in zip(questions, generated)], dtype=np.float64)
+    adv, kept = advantages(rewards)
+    ro = Rollouts(questions, forks, logp_old, tag_ids, generated, rewards, adv, kept, logits, ref_logits)
+    if cfg.mode == "grpo" and cfg.epochs > 1:  # reused rollouts need pi_old per token (one epoch: rho = 1)
+        ro.token_logp_old = token_logp(model, grpo_rows(ro, data, cfg.max_len), cfg, world, prompts.pad_id)
+    return ro
+
+
+def gfpo_update(model, ro, data, cfg, world):
+    """The gradients of L for these rollouts: one row per prompt, its prompt and tag up to the
+    forking token, forward and backward. Returns L and its KL term over the global batch."""
+    kept_rollouts, prompts = world.sum(int(ro.kept.sum()) * cfg.group), world.sum(len(ro.questions))
+    dev, L, kl = world.device, 0.0, 0.0
+    before_fork = [data.prompts.before_fork(q) for q in ro.questions]
+    for micro, logits in last_logits(model, before_fork, cfg.micro_tokens, world, data.prompts.pad_id):
+        loss, _, kl_sum = gfpo_objective(
+            logits, forks=ro.forks[micro].to(dev), logp_old=ro.logp_old[micro].to(dev),
+            adv=torch.as_tensor(ro.advantages[micro], dtype=torch.float32, device=dev), tags=data.prompts.tags,
+            temperature=cfg.temperature, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+            kept_rollouts=kept_rollouts, prompts=prompts, beta=cfg.beta,
+            ref_logits=ro.ref_logits[micro] if ro.ref_logits is not None else None)
+        loss.backward()
+        L, kl = L + loss.item(), kl + kl_sum.item()
+    return world.sum(L), world.sum(kl) / prompts
+
+
+def grpo_rows(ro, data, max_len):
+    """(ids, targets) of every rollout, [b][g] flattened in row-major order, targets on the policy's
+    tokens only: the forking token (sampled) and the answer, not the prompt nor the forced rest of
+    the tag (with a shared tag: the answer alone)."""
+    fork, rows = data.prompts.tags.fork if data.prompts.tags else None, []
+    for q, tags, gens in zip(ro.questions, ro.tag_ids, ro.generated):
+        prompt = data.prompts.ids[q]
+        for tag, gen in zip(tags, gens):
+            full = prompt + tag + gen
+            if fork is None:
+                targets = [IGNORE_INDEX] * (len(prompt) + len(tag) - 1) + gen
+            else:
+                targets = ([IGNORE_INDEX] * (len(prompt) + fork - 1) + [tag[fork]]
+                           + [IGNORE_INDEX] * (len(tag) - fork - 1) + gen)
+            rows.append((full[:-1][:max_len], targets[:max_len]))
+    return rows
+
+
+@torch.no_grad()
+def token_logp(model, rows, cfg, world, pad_id):
+    """log-probabilities (T,) of every row's targets under the model (0 where no target)."""
+    out = [None] * len(rows)
+    for micro, nll, _ in forward_rows(model, rows, cfg.micro_tokens, world, pad_id, per_token=True):
+        for j, i in enumerate(micro):
+            out[i] = -nll[j, :len(rows[i][0])]
+    return out
+
+
+def grpo_update(model, ro, data, cfg, world):
+    """The gradients of GRPO's loss for these rollouts: every rollout, forward and backward, the
+    clipped objective on its policy tokens. Returns the loss over the global batch (and 0.0: no KL)."""
+    rows = grpo_rows(ro, data, cfg.max_len)
+    kept = np.repeat(ro.kept, cfg.group)  # (B * G,) in the rows' order
+    adv = ro.advantages.reshape(-1)  # (B * G,)
+    tokens = world.sum(sum(sum(t != IGNORE_INDEX for t in targets) for (_, targets), k in zip(rows, kept) if k))
+    dev, L = world.device, 0.0
+    for micro, nll, mask in forward_rows(model, rows, cfg.micro_tokens, world, data.prompts.pad_id, per_token=True):
+        T = nll.shape[1]
+        old = -nll.detach() if ro.token_logp_old is None else \
+            torch.stack([torch.nn.functional.pad(ro.token_logp_old[i], (0, T - len(ro.token_logp_old[i])))
+                         for i in micro])  # (B, T)
+        loss = grpo_objective(nll, mask.float(), logp_old=old, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                              adv=torch.as_tensor(adv[micro], dtype=torch.float32, device=dev), tokens=tokens)
+        loss.backward()
+        L += loss.item()
+    return world.sum(L), 0.0
 
 
 # -------------------------------------------------------------------------------------------------
@@ -114,92 +236,46 @@ class GFPOConfig(RunConfig):
     weight_decay: float = arg(0.0, "AdamW weight decay on matrices", low=0)
     temperature: float = arg(0.7, "sampling temperature of the rollouts (and of the forking token)", above=0)
     top_p: float = arg(0.95, "nucleus of the rollouts' answers", above=0, high=1)
-    max_new: int = arg(0, "new tokens per rollout (0: twice the longest synthetic solution; 4096 for math)", low=0)
+    max_new: int = arg(0, f"new tokens per rollout (0: the task's, at most {RL_MAX_NEW}: twice the longest "
+                          f"synthetic solution; {RL_MAX_NEW} for math and code)", low=0)
     sample_batch: int = arg(256, "rollouts decoded at once: their KV cache (`gfpo.py --plan` says what fits)",
                             low=1)
     clip_low: float = arg(0.2, "clip the ratio below at 1 - this", low=0, below=1)
     clip_high: float = arg(0.28, "clip the ratio above at 1 + this (DAPO's clip-higher)", low=0)
-    kl: float = arg(0.0, "beta: weight of the exact KL to the initial model at the forking token (gfpo)", low=0)
+    beta: float = arg(0.0, "weight of the exact KL to the initial model at the forking token (gfpo)", low=0)
     epochs: int = arg(1, "updates on each batch of rollouts (more than 1 makes the clip bind)", low=1)
     shared_tag: bool = arg(False, "the model was trained with the one shared tag <think> (mixed): grpo only")
     train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic task: ssft.py's training questions: the prompts",
-                          low=1)
+                               low=1)
     eval_questions: int = arg(synthetic.HELD_OUT, "synthetic task: held-out questions evaluated at the end (0: none)",
-                         low=0)
+                              low=0)
 
 
-class Prompts:
-    """The RL prompts, their gold answers and reward, the tokenizer and tags, all checked."""
+class PromptSet:
+    """What a run learns from, checked against the flags before anything is written: the task (its
+    questions and grading, tasks.py), the tokenizer, the prompts as ids with their tags, the
+    rollouts' length."""
 
     def __init__(self, cfg, world, tokenizer):
         if cfg.shared_tag and cfg.mode == "gfpo":
             raise UserError("--shared-tag: a model with one shared tag has no forking token; use --mode grpo")
-        if cfg.kl and cfg.mode == "grpo":
-            raise UserError(f"--kl {cfg.kl}: the exact KL is at the forking token, for --mode gfpo only")
+        if cfg.beta and cfg.mode == "grpo":
+            raise UserError(f"--beta {cfg.beta}: the exact KL is at the forking token, for --mode gfpo only")
+        self.task = load_task(cfg.data, split="train", train_questions=cfg.train_questions,
+                              held_out=cfg.eval_questions)
         self.tok = load_tokenizer(tokenizer)
-        if cfg.data == "synthetic":
-            examples = synthetic.split(cfg.train_questions, cfg.eval_questions)[0]
-            self.questions, self.golds = [ex.question for ex in examples], [ex.answer for ex in examples]
-            self.kind = "synthetic"
-            system, self.max_new = synthetic.SYSTEM, 2 * max(len(t) for ex in examples for t in ex.traces)
-        else:
-            prompts = load_prompts(cfg.data)
-            self.kind = prompts[0].kind
-            if any(p.kind != self.kind for p in prompts):
-                raise DataError(cfg.data, None, None, "mixes math and code prompts; use one kind per file")
-            self.questions = [MATH_PROMPT.format(question=p.question) if p.kind == "math" else p.question
-                              for p in prompts]
-            self.golds = [p.answer if p.kind == "math" else (p.tests, p.func_name) for p in prompts]
-            system = SYSTEM
-            self.max_new = 4096
-        self.max_new = cfg.max_new or self.max_new
-        self.ids = [encode(self.tok, prompt_text(q, system)) for q in self.questions]
         try:
-            self.tags = forking_tags(self.tok, cfg.num_tags)
+            self.prompts = chat_prompts(self.tok, self.task, cfg.num_tags, cfg.shared_tag)
         except ValueError as e:
             raise UserError(f"--num-tags {cfg.num_tags}: {e}") from None
-        self.shared = encode(self.tok, tag_text(None)) if cfg.shared_tag else None
-        self.pad_id, self.stop = special_id(self.tok, "<|endoftext|>"), [special_id(self.tok, "<|im_end|>")]
-        if cfg.batch > len(self.questions) or cfg.batch % world.size:
-            raise UserError(f"--batch {cfg.batch}: must be at most the {len(self.questions)} prompts and a "
+        self.max_new = cfg.max_new or min(self.task.max_new, RL_MAX_NEW)
+        if cfg.batch > len(self.task.questions) or cfg.batch % world.size:
+            raise UserError(f"--batch {cfg.batch}: must be at most the {len(self.task.questions)} prompts and a "
                             f"multiple of the {world.size} ranks")
-
-    def reward(self, q, text):
-        """1.0 if the response to prompt q is right, else 0.0: the one place rewards come from."""
-        if self.kind == "synthetic":
-            return float(synthetic.check(text, self.golds[q]))
-        import rewards
-        if self.kind == "math":
-            return float(rewards.grade_math(text, self.golds[q]))
-        tests, func_name = self.golds[q]
-        return float(rewards.grade_code(rewards.extract_code(text), tests, func_name=func_name).passed)
 
 
 # -------------------------------------------------------------------------------------------------
 # The run
-
-
-@torch.no_grad()
-def rollouts(model, ref, prompts, qs, cfg, world, step):
-    """For this rank's prompts qs: fork logits (B, V) of the sampling policy (and of the reference),
-    forks (B, G) drawn, and the rollouts: (prefix ids, generated ids) per (prompt, g)."""
-    B, G = len(qs), cfg.group
-    rows = [prompts.ids[q] + (prompts.tags.prefix if prompts.shared is None else []) for q in qs]
-    with gathered(model):
-        logits = logits_in_order(model, rows, cfg.micro_tokens, world, prompts.pad_id)  # (B, V), row b = qs[b]
-        ref_logits = logits_in_order(ref, rows, cfg.micro_tokens, world, prompts.pad_id) if ref is not None else None
-        forks = torch.zeros(B, G, dtype=torch.long)
-        if prompts.shared is None:
-            probs = torch.softmax(logits[:, prompts.tags.fork_ids] / cfg.temperature, -1).cpu()  # (B, N)
-            for b, q in enumerate(qs):
-                for g in range(G):
-                    forks[b, g] = torch.multinomial(probs[b], 1, generator=seeded(cfg.seed, step, q, g, 0))
-        prefix = [prompts.shared or prompts.tags.ids[forks[b, g]] for b in range(B) for g in range(G)]
-        gen = sample_all(model, [(prompts.ids[q], prefix[b * G + g], (cfg.seed, step, q, g, 1))
-                                 for b, q in enumerate(qs) for g in range(G)],
-                         temperature=cfg.temperature, top_p=cfg.top_p, max_new=prompts.max_new, stop=prompts.stop,
-                         batch=cfg.sample_batch)
-    return logits, ref_logits, forks, prefix, gen
 
 
 def train(cfg, given):
@@ -212,129 +288,62 @@ def train(cfg, given):
         raise UserError(f"--model {cfg.model}: RL starts from a trained model (a run or HF directory), not a preset")
     with user_input():
         source = model_dir(cfg.model)
-        prompts = Prompts(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer or source)
+        data = PromptSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer or source)
         model = build_model(world, source)
-        ref = build_model(world, source).eval().requires_grad_(False) if cfg.kl else None
+        ref = build_model(world, source).eval().requires_grad_(False) if cfg.beta else None
         model.gradient_checkpointing = cfg.activation_checkpointing
         opt = adamw(model, cfg.lr, cfg.weight_decay)
         if run.state:
             checkpoint.load(run.checkpoint, model, opt)
     run.open_metrics()
     if world.main:
-        print(f"{len(prompts.questions)} prompts, {cfg.batch} x {cfg.group} rollouts a step, {cfg.mode}")
-    stop, progress, tags, G = Stop(), Progress(cfg, run.start), prompts.tags, cfg.group
+        print(f"{len(data.task.questions)} prompts, {cfg.batch} x {cfg.group} rollouts a step, {cfg.mode}")
+    update = gfpo_update if cfg.mode == "gfpo" else grpo_update
+    stop, progress = Stop(), Progress(cfg, run.start)
     try:
         for step in range(run.start, cfg.steps):
             t0 = time.time()
-            qs = step_items(len(prompts.questions), cfg.batch, cfg.seed, step, world)
-            # 1. rollouts, with the fork drawn from the N tags
+            questions = step_items(len(data.task.questions), cfg.batch, cfg.seed, step, world)  # this rank's
+            # 1-2. rollouts, the fork drawn from the N tags, with their rewards and advantages
             model.eval()
-            logits, ref_logits, forks, prefix, gen = rollouts(model, ref, prompts, qs, cfg, world, step)
-            # 2. rewards and group-normalised advantages
-            texts = [prompts.tok.decode(ids, skip_special_tokens=True) for ids in gen]
-            r = np.array([[prompts.reward(q, texts[b * G + g]) for g in range(G)] for b, q in enumerate(qs)])
-            adv, kept = advantages(r)
+            ro = rollouts(model, ref, data, questions, cfg, world, step)
             t_rollout = time.time() - t0
             # 3. the update(s), at the forking token (gfpo) or at every generated token (grpo)
             model.train()
-            logp_old = torch.log_softmax(logits[:, tags.fork_ids] / cfg.temperature, -1).gather(
-                1, forks.to(logits.device)) if cfg.mode == "gfpo" else None  # (B, G) of the sampling policy
-            rows = None if cfg.mode == "gfpo" else grpo_rows(prompts, qs, prefix, gen, G, cfg.max_len)
-            for epoch in range(cfg.epochs):
-                stats = update(model, cfg, world, prompts, qs, forks, logp_old, adv, kept, ref_logits, rows)
-                if cfg.mode == "grpo" and epoch == 0:
-                    logp_old = stats.pop("logp")  # the sampling policy's, for the later epochs
-                grad_norm = run.optimizer_step(model, opt, step, loss=stats["loss"])
+            for _ in range(cfg.epochs):
+                loss, kl = update(model, ro, data, cfg, world)
+                grad_norm = run.optimizer_step(model, opt, step, loss=loss)
             # log the step, save every --save-every steps, leave when asked to
-            log = {"step": step + 1, "loss": stats["loss"], "kl": stats["kl"], "lr": opt.param_groups[0]["lr"],
-                   "grad_norm": grad_norm, "rollout_seconds": t_rollout, "update_seconds": time.time() - t0 - t_rollout,
-                   **step_stats(world, r, adv, kept, forks, logits, tags, prompts.shared is not None)}
+            log = {"step": step + 1, "loss": loss, "kl": kl, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
+                   "rollout_seconds": t_rollout, "update_seconds": time.time() - t0 - t_rollout,
+                   **step_stats(world, ro, data.prompts.tags)}
             run.log(log)
             if world.main:
                 progress.show(step, f"reward {log['reward']:.3f} | zero-variance {log['zero_variance']:.0%} | "
                                     f"loss {log['loss']:.4f} | rollouts {t_rollout:.1f}s")
-            if run.end_step(step, stop, lambda n: run.save(model, opt, prompts.tok, n, {})):
+            if run.end_step(step, stop, lambda n: run.save(model, opt, data.tok, n, {})):
                 break
-        run.finish(model, prompts.tok)
+        run.finish(model, data.tok)
     finally:
         stop.restore()
         world.close()
     return cfg, run
 
 
-def grpo_rows(prompts, qs, prefix, gen, G, max_len):
-    """(ids, targets) of every rollout, targets on the policy's tokens only: the forking token
-    (sampled) and the answer, not the prompt nor the forced rest of the tag."""
-    rows = []
-    for b, q in enumerate(qs):
-        for g in range(G):
-            p, tag, out = prompts.ids[q], prefix[b * G + g], gen[b * G + g]
-            full = p + tag + out
-            policy = set(range(len(p) + len(tag), len(full)))
-            if prompts.shared is None:
-                policy.add(len(p) + prompts.tags.fork)
-            targets = [full[t + 1] if t + 1 in policy else IGNORE_INDEX for t in range(len(full) - 1)]
-            rows.append((full[:-1][:max_len], targets[:max_len]))
-    return rows
-
-
-def update(model, cfg, world, prompts, qs, forks, logp_old, adv, kept, ref_logits, rows):
-    """The gradients of one update; returns the global loss and KL (grpo: and the rollouts' log-probs,
-    the sampling policy's for the later epochs)."""
-    G, dev = cfg.group, world.device
-    if cfg.mode == "gfpo":
-        kept_rollouts, prompts_total = world.sum(int(kept.sum()) * G), world.sum(len(qs))
-        fork_rows = [prompts.ids[q] + prompts.tags.prefix for q in qs]  # one row a prompt
-        loss = kl = 0.0
-        for g, logits in last_logits(model, fork_rows, cfg.micro_tokens, world, prompts.pad_id):
-            if not g:  # an empty pass still joins FSDP's backward
-                (logits.sum() * 0).backward()
-                continue
-            pg, kl_sum = gfpo_loss(logits, forks=forks[g].to(dev), logp_old=logp_old[g].to(dev),
-                                   adv=torch.as_tensor(adv[g], dtype=torch.float32, device=dev), tags=prompts.tags,
-                                   temperature=cfg.temperature, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                                   kl=cfg.kl, ref_logits=ref_logits[g] if ref_logits is not None else None)
-            (pg / max(kept_rollouts, 1) + cfg.kl * kl_sum / prompts_total).backward()
-            loss, kl = loss + pg.item(), kl + kl_sum.item()
-        return {"loss": world.sum(loss) / max(kept_rollouts, 1), "kl": world.sum(kl) / prompts_total}
-    adv_rows = adv.reshape(-1)  # (B * G,) one advantage per rollout, in row order
-    tokens = world.sum(sum(sum(t != IGNORE_INDEX for t in rows[i][1]) for i in range(len(rows)) if kept[i // G]))
-    loss, logps = 0.0, [None] * len(rows)
-    for g, nll, mask in forward_rows(model, rows, cfg.micro_tokens, world, prompts.pad_id, per_token=True):
-        if not g:
-            (nll.sum() * 0).backward()
-            continue
-        T = nll.shape[1]
-        old = -nll.detach() if logp_old is None else \
-            torch.stack([torch.nn.functional.pad(logp_old[i], (0, T - len(logp_old[i]))) for i in g])
-        total = grpo_loss(nll, mask.float(), logp_old=old, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                          adv=torch.as_tensor(adv_rows[g], dtype=torch.float32, device=dev))
-        (total / max(tokens, 1)).backward()
-        loss += total.item()
-        for j, i in enumerate(g):
-            logps[i] = -nll[j, :len(rows[i][0])].detach()
-    return {"loss": world.sum(loss) / max(tokens, 1), "kl": 0.0, "logp": logps}
-
-
-def step_stats(world, r, adv, kept, forks, logits, tags, shared):
+def step_stats(world, ro, tags):
     """The step's rewards, zero-variance share and advantages, over all ranks; with forking tags
-    also the reward of each tag and the tag distribution at the fork (mean probability of each tag,
-    entropy among the tags, mass outside them)."""
-    r_all, kept_all = np.concatenate(world.gather(r)), np.concatenate(world.gather(kept))
-    adv_all = np.concatenate(world.gather(adv))[kept_all]
+    also the reward of each tag and the fork's statistics (sampling.fork_statistics)."""
+    r_all, kept_all = np.concatenate(world.gather(ro.rewards)), np.concatenate(world.gather(ro.kept))
+    adv_all = np.concatenate(world.gather(ro.advantages))[kept_all]
     stats = {"reward": float(r_all.mean()), "zero_variance": float(1 - kept_all.mean()),
              "advantage_abs_mean": float(np.abs(adv_all).mean()) if adv_all.size else 0.0,
              "advantage_max": float(np.abs(adv_all).max()) if adv_all.size else 0.0}
-    if shared:
+    if tags is None:
         return stats
-    f_all = torch.cat(world.gather(forks)).numpy()
-    p_tags = torch.cat(world.gather(torch.softmax(logits.float(), -1)[:, tags.fork_ids].cpu()))  # (B, N)
-    within = p_tags / p_tags.sum(1, keepdim=True)
+    f_all = torch.cat(world.gather(ro.forks)).numpy()
     return {**stats, "accuracy_per_tag": [float(r_all[f_all == i].mean()) if (f_all == i).any() else None
                                           for i in range(len(tags.ids))],
-            "tag_probability": p_tags.mean(0).tolist(),
-            "tag_entropy": float(-(within * within.clamp_min(1e-30).log()).sum(1).mean()),
-            "outside_tags": float(1 - p_tags.sum(1).mean())}
+            "tag_distribution": fork_statistics(ro.fork_logits, tags, world)}
 
 
 def main(argv=None):
@@ -353,9 +362,9 @@ def main(argv=None):
     if run.signum:
         stopped(run, "gfpo.py")
     if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
-        from eval import SyntheticTask, evaluate_run
-        evaluate_run(run.out, SyntheticTask(synthetic.split(cfg.train_questions, cfg.eval_questions)[1]), cfg.num_tags,
-                     shared=cfg.shared_tag, samples=4, pass_samples=8)
+        from eval import evaluate_run  # the demo ends with the report on the held-out questions
+        evaluate_run(run.out, load_task("synthetic", train_questions=cfg.train_questions, held_out=cfg.eval_questions),
+                     cfg.num_tags, shared_tag=cfg.shared_tag)
 
 
 if __name__ == "__main__":

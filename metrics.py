@@ -48,9 +48,6 @@ CONS32_VARIANT = {
     "math500": "maj_blocks",  # maj@32: MajAtK(k=32), tags 1-5 in full + 2 samples of tag 6
     "gpqa": "maj_blocks",  # gpqa_maj@32_samples: MajAtKScoringFunc(k=32), votes on raw texts
 }
-# No normalize_pred: the votes compare completion texts (stripped for native Cons, raw for maj@32), so
-# with all texts different the winner is simply the first completion of the vote.
-VOTE_ON_TEXT = {"gpqa"}
 # The *_greedythink1 run: PASS_N samples of <think1>; pass@k reported for these k.
 PASS_N = 32
 PASS_KS = {"aime24": (1, 2, 4, 6, 8, 16, 32), "aime25": (1, 2, 4, 6, 8, 16, 32), "math500": (1,), "gpqa": (1,)}
@@ -63,12 +60,6 @@ def benchmark_of(path):
     None for anything else (the synthetic task)."""
     stem = re.sub(r"[^a-z0-9]", "", Path(str(path)).name.split(".")[0].lower())
     return next((b for b, names in _ALIASES.items() if stem.startswith(names)), None)
-
-
-def cons32_variant(path):
-    """Which Cons@32 the official evaluation uses for this benchmark file: "maj_sot" or "maj_blocks".
-    Anything else (the synthetic task) gets round-robin, the SPEC's Cons@k."""
-    return CONS32_VARIANT.get(benchmark_of(path), "maj_sot")
 
 
 def _judge(correct):
@@ -84,16 +75,6 @@ def pass_at_k(n, c, k):
     if n - c < k:
         return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
-def pass_at_k_of(answers, correct, k, n=None):
-    """pass@k over the first n (default all) of a flat list of answers. PassAtK(k, n): Pass@1 and the
-    Pass@k curve use the PASS_N answers of the <think1> run."""
-    n = len(answers) if n is None else n
-    if n > len(answers):
-        raise ValueError(f"pass@{k}:{n} needs {n} answers, got {len(answers)}")
-    right = _judge(correct)
-    return pass_at_k(n, sum(map(right, answers[:n])), k)
 
 
 def vote(answers):

@@ -348,21 +348,21 @@ class Qwen2(nn.Module):
     # Sampling
 
     @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_ids=(), prefix=None,
+    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_ids=(), forced=None,
                  generators=None, pad_id=0):
         """Batched decoding with a KV cache.
 
         input_ids: a (B, T) tensor or B lists of prompt ids of different lengths (left-padded here).
-        prefix: B lists of ids forced as the first generated tokens of each row, e.g. the tag
+        forced: B lists of ids forced as the first generated tokens of each row, e.g. the tag
             `<|im_start|><think3>\n` after the chat prompt.
         temperature 0 is greedy; otherwise softmax(logits / temperature) restricted to the top-p
         nucleus, row b drawn with generators[b]: each row's samples depend on its own generator
         alone, whatever else is in the batch.
-        Returns B lists of generated ids (forced prefix included), each ending at its first stop id
+        Returns B lists of generated ids (the forced ones included), each ending at its first stop id
         (kept) or after max_new_tokens sampled tokens."""
         rows = [list(map(int, r)) for r in (input_ids.tolist() if torch.is_tensor(input_ids) else input_ids)]
-        B, prefix = len(rows), [list(p) for p in prefix] if prefix else [[] for _ in rows]
-        rows = [r + p for r, p in zip(rows, prefix)]
+        B, forced = len(rows), [list(f) for f in forced] if forced else [[] for _ in rows]
+        rows = [r + f for r, f in zip(rows, forced)]
         if min(map(len, rows)) == 0:
             raise ValueError("generate: every prompt needs at least one token")
         device = self.lm_head.weight.device
@@ -381,7 +381,7 @@ class Qwen2(nn.Module):
             mask = ((causal & valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device))[:, None]
         cache = KVCache(self.config, B, S, device, self.lm_head.weight.dtype)
         logits = self(ids, last=True, position_ids=positions, attn_mask=mask, cache=cache)  # (B, V)
-        out, finished, stop, pos = prefix, [False] * B, set(stop_ids), positions[:, -1]
+        out, finished, stop, pos = forced, [False] * B, set(stop_ids), positions[:, -1]
         for step in range(max_new_tokens):
             tok = sample(logits, temperature, top_p, generators)  # (B,)
             for i, t in enumerate(tok.tolist()):  # one device sync per token

@@ -9,8 +9,8 @@ allocated, so it runs anywhere), and the options a run needs to fit.
 
 Per rank, for P parameters on W ranks and b bytes per element of the compute dtype
 (distributed.compute_dtype: bf16 on GPUs, fp32 on CPUs):
-- state, sharded: fp32 weights 4P/W, fp32 gradients 4P/W, AdamW's two moments 8P/W (the 16 B/param
-  of SPEC section 10); while the optimizer steps, foreach AdamW's temporary of 4P/W;
+- state, sharded: fp32 weights 4P/W, fp32 gradients 4P/W, AdamW's two moments 8P/W (16 bytes a
+  parameter over the ranks); while the optimizer steps, foreach AdamW's temporary of 4P/W;
 - activations of a micro-batch of T = max(--micro-tokens, --max-len) tokens. What autograd saves
   per layer and token (exact, test_plan.py counts it): each RMSNorm its fp32 input and two b-byte
   tensors; q and k after RoPE, v, SDPA's output and the o_proj input (SDPA keeps no T x T matrix)
@@ -24,7 +24,7 @@ Per rank, for P parameters on W ranks and b bytes per element of the compute dty
 - gfpo.py's rollouts (distributed.gathered): the whole model in the compute dtype, bP, beside the
   fp32 weights and moments (gradients are freed by then); the KV cache of the rows decoded at once,
   layers x rows x (prompt + max_new) x 2 x kv_heads x head_dim x b (model.KVCache); the prefill's
-  and sampler's temporaries. With --kl the reference model adds 4P/W (not counted).
+  and sampler's temporaries. With --beta the reference model adds 4P/W (not counted).
 The peak is the largest phase. The CUDA context, NCCL buffers and allocator fragmentation are not
 estimated: RESERVE stays free. If a run does not fit, the options in order: activation
 checkpointing; CPU offload of the sharded fp32 state and the optimizer step (FSDP2's
@@ -38,12 +38,11 @@ import torch
 from distributed import compute_dtype
 from kernels.chunked import default_tile
 from model import PRESETS, Config, Qwen2, count_parameters
-from run import model_dir
+from flags import model_dir
 
 GB = 1e9
 RESERVE = 6e9  # kept free on each GPU: CUDA context (~1 GB), NCCL buffers, allocator fragmentation
 GPUS = {"8 x 80 GB (H100)": 80e9, "8 x 141 GB (H200)": 141e9, "8 x 192 GB (B200)": 192e9}
-SAMPLE_BATCH = 256  # rollouts decoded at once: gfpo.py's default --sample-batch
 STATE = ("fp32 weights", "fp32 gradients", "AdamW moments")
 ACTIVATIONS = ("activations, no checkpointing", "activations, with checkpointing")
 TOP = "of which final norm and loss inputs"
@@ -143,13 +142,12 @@ def rollout_rows(config, world, memory, prompt, max_new, offload=False):
 
 
 def print_plan(cfg):
-    """The plan for a run's flags: ssft.py's; gfpo.py's `group`, `batch`, `max_new` if present."""
+    """The plan for a run's flags: ssft.py's; gfpo.py's `group`, `batch`, `max_new`, `sample_batch` if present."""
     path = model_dir(cfg.model)
     config = Config.from_json(path / "config.json") if path.is_dir() else Config.preset(cfg.model)
     tokens, world = max(cfg.micro_tokens, cfg.max_len), cfg.world_size
-    sample_batch = getattr(cfg, "sample_batch", SAMPLE_BATCH)  # plan.py --gfpo has no such flag
-    rows = min(sample_batch, cfg.batch // world * cfg.group) if getattr(cfg, "group", 0) else 0
-    # gfpo.py's --max-new 0 means 4096 for math prompts (Prompts in gfpo.py); prompts of ~512 tokens
+    rows = min(cfg.sample_batch, cfg.batch // world * cfg.group) if getattr(cfg, "group", 0) else 0
+    # gfpo.py's --max-new 0 means 4096 for math and code prompts (gfpo.RL_MAX_NEW); prompts of ~512 tokens
     rollouts = dict(rows=rows, prompt=getattr(cfg, "prompt_len", 512), max_new=getattr(cfg, "max_new", 0) or 4096)
     parts = estimate(config, world, tokens, **rollouts)
     print(f"{cfg.model}: {sizes(config)[0] / 1e9:.2f}B parameters, {world} GPUs, {tokens} tokens per micro-batch"
@@ -198,6 +196,7 @@ if __name__ == "__main__":
     p.add_argument("--gfpo", action="store_true", help="add gfpo.py's rollouts (--batch, --group, --max-new)")
     p.add_argument("--batch", type=int, default=256, help="gfpo.py prompts per step, all ranks")
     p.add_argument("--group", type=int, default=8, help="gfpo.py rollouts per prompt")
+    p.add_argument("--sample-batch", type=int, default=256, help="gfpo.py rollouts decoded at once")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--max-new", type=int, default=16384)
     a = p.parse_args()

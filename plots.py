@@ -52,7 +52,7 @@ def plot_run(out, report=None):
     steps = [r["step"] for r in rows]
     axes[0].plot(steps, [r["loss"] for r in rows], label="training loss")
     axes[0].set_xlabel("step")
-    if rows[0]["match_cost"] is not None:
+    if rows[0]["match_cost"] is not None:  # (runs from before mixed mode logged its grid have None)
         axes[0].plot(steps, [r["match_cost"] for r in rows], label="matched cost")
         changed = [(r["step"], r["changed"]) for r in rows if r["changed"] is not None]
         x, y = zip(*changed) if changed else ((), ())  # empty until a question is seen twice
@@ -68,7 +68,7 @@ def plot_run(out, report=None):
         hist = [[sum(r["tag_source"][s][t] for r in late) for s in names] for t in range(n_tags)]
         axes[2].imshow(hist, cmap="Blues", aspect="auto")
         axes[2].set_xticks(range(len(names)), names, rotation=30)
-        axes[2].set_yticks(range(len(hist)), [f"<think{t + 1}>" for t in range(len(hist))])
+        axes[2].set_yticks(range(len(hist)), [f"<think{t + 1}>" for t in range(len(hist))] if n_tags > 1 else ["<think>"])
         axes[2].set_title(f"training matches, steps {late[0]['step']}-{late[-1]['step']}")
     axes[0].legend()
     fig.tight_layout()
@@ -84,8 +84,8 @@ def plot_policy(out, rows):
     axes[0].plot(steps, [r["zero_variance"] for r in rows], label="groups of equal rewards")
     axes[0].set_xlabel("step")
     axes[0].legend()
-    if "tag_probability" in rows[0]:  # a model with forking tags (not one shared tag)
-        probs = list(zip(*[r["tag_probability"] for r in rows]))
+    if "tag_distribution" in rows[0]:  # a model with forking tags (not one shared tag)
+        probs = list(zip(*[r["tag_distribution"]["mean"] for r in rows]))
         axes[1].stackplot(steps, probs, labels=[f"<think{i + 1}>" for i in range(len(probs))])
         axes[1].set(xlabel="step", ylabel="P(tag | question), mean")
         axes[1].legend(fontsize=7, loc="upper left")

@@ -1,13 +1,12 @@
 """
 What every training run shares, whatever its algorithm (ssft.py, gfpo.py):
 
-- flags from a dataclass, each field carrying its help text and the rule its value must obey, all
-  checked before anything is read or written (`parse_flags`): a bad value stops the run with one
-  line naming the flag, the value and what is allowed;
+- the flags every trainer has (`RunConfig`; flags.py parses and checks them);
 - the run directory (`Run`): a new run, a resumed one (same settings, except the few that
   `RESUMABLE` lists), refusal to overwrite an unfinished run, and metrics.jsonl, one JSON object a
   step, cut back to the checkpoint's step on resume (a line cut short by a crash is dropped);
-- the learning-rate schedule (`lr_at`), AdamW with weight decay on matrices only (`adamw`);
+- the data order (`step_items`), the learning-rate schedule (`lr_at`), AdamW with weight decay on
+  matrices only (`adamw`);
 - stopping cleanly (`Stop`): SIGTERM, SIGUSR1 or Ctrl-C finish the current step, then every rank
   saves and leaves together; a non-finite loss or gradient norm stops the run before the
   optimizer steps (`check_finite`), so that no diverged weights are ever saved;
@@ -15,103 +14,20 @@ What every training run shares, whatever its algorithm (ssft.py, gfpo.py):
 
     python -m pytest -q test_run.py
 """
-import argparse
-import contextlib
 import gc
 import json
 import math
 import signal
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import checkpoint
-from model import PRESETS
-
-
-class UserError(Exception):
-    """A problem with what the user gave (a flag, a file): shown as one line, without traceback."""
-
-
-@contextlib.contextmanager
-def user_input():
-    """Read the user's files: what goes wrong there (ValueError, OSError: a corrupt checkpoint, a
-    missing tokenizer) is the input's fault, reported as a UserError naming the file."""
-    try:
-        yield
-    except (ValueError, OSError) as e:
-        raise UserError(str(e)) from None
-
-
-def arg(default, help, *, low=None, above=None, high=None, below=None, choices=None, kind=None):
-    """A dataclass field that is also a flag. low/high: inclusive bounds, above/below: exclusive;
-    kind: 'model' (a preset, a HF directory or a run directory), 'checkpoint' (the same but no
-    preset), 'data' ('synthetic' or a file), 'file' (optional), 'out' (a writable directory)."""
-    rule = dict(low=low, above=above, high=high, below=below, choices=choices, kind=kind)
-    return field(default=default, metadata={"help": help, **rule})
-
-
-def check_value(f, value):
-    """The reason `value` breaks the rule of field `f`, or None."""
-    m = f.metadata
-    if m.get("choices") and value not in m["choices"]:
-        return f"must be one of {', '.join(map(str, m['choices']))}"
-    for key, ok, words in (("low", value.__ge__, "at least"), ("above", value.__gt__, "more than"),
-                           ("high", value.__le__, "at most"), ("below", value.__lt__, "less than")):
-        if m.get(key) is not None and not (isinstance(value, (int, float)) and ok(m[key]) is True
-                                            and math.isfinite(value)):
-            return f"must be {words} {m[key]}"
-    kind, path = m.get("kind"), Path(str(value))
-    if kind in ("model", "checkpoint") and not (kind == "model" and value in PRESETS) \
-            and not (model_dir(path) / "config.json").is_file():
-        return ((f"is neither a preset ({', '.join(PRESETS)}) nor " if kind == "model" else "is not ")
-                + "a model directory (config.json) or a run directory with model/"
-                + (" (has its training finished?)" if (path / "checkpoint").is_dir() else ""))
-    if kind == "data" and value != "synthetic" and not path.is_file():
-        return "must be 'synthetic' or an existing file"
-    if kind == "file" and value and not path.is_file():
-        return "must be an existing file"
-    if kind == "out":
-        if path.exists() and not path.is_dir():
-            return "names a file; it must be a directory (new or existing)"
-        parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-        try:  # a real write, since permission bits do not bind root
-            tempfile.TemporaryFile(dir=parent).close()
-        except OSError as e:
-            return f"cannot be written ({parent}: {e.strerror})"
-    return None
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other input error here
-        sys.exit(f"error: {message}")
-
-
-def parse_flags(cls, argv=None, description=""):
-    """(config, names of the flags given on the command line), every value checked by its rule."""
-    p = _Parser(description=description)
-    for f in fields(cls):
-        flag, helptext = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default})"
-        # SUPPRESS: a flag that is not given is absent from the result, so `given` is exact.
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
-        else:
-            p.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS, help=helptext)
-    given = vars(p.parse_args(argv))
-    cfg = cls(**given)
-    check_flags(cfg, given if getattr(cfg, "resume", False) else None)  # resumed: Run checks the rest
-    return cfg, set(given)
-
-
-def check_flags(cfg, only=None):
-    for f in fields(cfg):
-        if (only is None or f.name in only) and (reason := check_value(f, getattr(cfg, f.name))) is not None:
-            raise UserError(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}: {reason}")
+from flags import UserError, arg, check_flags
 
 
 @dataclass
@@ -142,13 +58,6 @@ class RunConfig:
                             choices=("bfloat16", "float16", "float32"))
     plan: bool = arg(False, "print the per-GPU memory plan for --model and --world-size, then exit")
     world_size: int = arg(8, "--plan only: number of GPUs", low=1)
-
-
-def model_dir(path):
-    """The HF model directory of --model: the directory itself, or a run directory's model/."""
-    path = Path(path)
-    return path / "model" if not (path / "config.json").exists() and (path / "model" / "config.json").exists() \
-        else path
 
 
 def step_items(n, batch, seed, step, world):

@@ -6,9 +6,10 @@ Every step, for each question with M traces and N tags <think1>..<thinkN> (N >= 
   2. sigma = the min-cost matching of C: trace j gets its own tag sigma[j]               (assign)
   3. next-token loss on the M sequences (question, tag sigma[j], trace j): token NLLs summed
      and divided by the loss tokens of the global batch, so every token weighs the same (set_loss)
-The baselines run the same code: --mode random draws sigma at random each step; --mode mixed
-puts every trace under the one shared tag <think>. Tags are 0-based in the code and the logs
-(sigma[j] = 0 is <think1>).
+The baselines run the same code and differ only in step 2: --mode random draws sigma at random
+each step; --mode mixed has one tag, the shared <think>, for every trace (its grid, 1 x M, is
+logged as the matched cost, beside SSFT's: the NLL of the traces' openings under the one tag).
+Tags are 0-based in the code and the logs (sigma[j] = 0 is <think1>).
 
     python ssft.py                                    # the embedded demo: synthetic task, CPU ok
     python ssft.py --mode mixed --out out/mixed       # the same run with a baseline
@@ -23,20 +24,23 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 import checkpoint
 from batches import continuation_nll, forward_rows
-from data import DataError, chat, encode, encode_example, forking_tags, load_traces, sequence, synthetic, tag_text
+from data import (DataError, Tags, chat, encode, encode_example, forking_tags, load_traces, sequence, synthetic,
+                  tag_text)
 from data.tokenizer import load_tokenizer, special_id
 from distributed import build_model, setup_world
+from flags import UserError, arg, model_dir, parse_flags, user_input
 from hungarian import linear_sum_assignment
 from kernels import IGNORE_INDEX
 from model import Config
-from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg, check_finite, model_dir,
-                 parse_flags, script, step_items, stopped, user_input)
+from run import Diverged, Progress, Run, RunConfig, Stop, adamw, check_finite, script, step_items, stopped
+from tasks import load_task
 
 # -------------------------------------------------------------------------------------------------
 # The three steps of the paper
@@ -44,34 +48,43 @@ from run import (Diverged, Progress, Run, RunConfig, Stop, UserError, adamw, arg
 
 @torch.no_grad()
 def cost_grid(model, *, questions, tags, L, budget, world, pad_id):
-    """C for each question, (N tags, M traces): C[i, j] = mean NLL of the first L tokens of trace j
-    after tag i. questions: Encoded (prompt ids, trace ids); tags: the Tags. The question and the
-    tag up to its forking token are the same in all N*M rows, so they are computed once per
-    question and every row continues from there (batches.continuation_nll)."""
-    prefixes = [q.prompt + tags.prefix for q in questions]
-    rows, where = [], []
-    for k, q in enumerate(questions):
+    """C (N tags, M traces) for each question, without gradients:
+
+        C[i, j] = mean NLL(trace_j[:L] | x, tag_i) = -(1/L) sum_{t<L} log p(trace_j[t] | x, tag_i, trace_j[:t])
+
+    questions: Encoded (prompt ids, trace ids); tags: the Tags. Computed with the question and the
+    tag up to its forking token scored once per question, the N*M continuations (the rest of the
+    tag and L trace tokens) attending to its cached keys and values (batches.continuation_nll);
+    test_ssft.py::test_grid_is_the_mean_nll_of_each_pair checks it against the definition."""
+    prefixes = [enc.prompt + tags.before_fork for enc in questions]
+    continuations, where = [], []
+    for k, enc in enumerate(questions):
         for i, tag in enumerate(tags.ids):
-            for j, trace in enumerate(q.traces):
+            for j, trace in enumerate(enc.traces):
                 ids = tag[tags.fork:] + trace[:L]  # the fork token, the rest of the tag, L trace tokens
                 targets = [IGNORE_INDEX] * (len(tag) - tags.fork - 1) + trace[:L]  # loss on the trace only
-                rows.append((k, ids[:-1], targets))
+                continuations.append((k, ids[:-1], targets))
                 where.append((k, i, j))
-    nll, count = continuation_nll(model, prefixes, rows, budget, world, pad_id)
-    C = [np.zeros((len(tags.ids), len(q.traces))) for q in questions]
+    nll, count = continuation_nll(model, prefixes, continuations, budget, world, pad_id)
+    C = [np.zeros((len(tags.ids), len(enc.traces))) for enc in questions]
     for (k, i, j), s, n in zip(where, nll, count):
         C[k][i, j] = s / n
     return C
 
 
 def assign(C, *, mode, rng):
-    """sigma (M,): sigma[j] is the tag of trace j, all different. ssft: the min-cost matching of
-    C (N tags, M traces); random: a random injective map drawn from `rng`."""
+    """sigma (M,): sigma[j] is the tag of trace j, a row of C (N tags, M traces).
+    ssft: the min-cost matching of C, all tags different; random: a random injective map drawn
+    from `rng`; mixed: the one shared tag (C has one row) for every trace."""
     n_tags, n_traces = C.shape
     if mode == "ssft":
-        tag_of, trace_of = linear_sum_assignment(C)
-        return tag_of[np.argsort(trace_of)]
-    return rng.permutation(n_tags)[:n_traces]
+        tag_idx, trace_idx = linear_sum_assignment(C)  # pairs (tag_idx[k], trace_idx[k]), every trace once
+        sigma = np.empty(n_traces, dtype=int)
+        sigma[trace_idx] = tag_idx
+        return sigma
+    if mode == "random":
+        return rng.permutation(n_tags)[:n_traces]
+    return np.zeros(n_traces, dtype=int)
 
 
 def set_loss(model, *, rows, budget, world, pad_id):
@@ -107,9 +120,10 @@ class SSFTConfig(RunConfig):
                          low=0)
 
 
-class Task:
+class TrainingSet:
     """What a run trains on, checked against the flags before anything is written: the examples
-    (tokenised), the held-out questions of the synthetic task, the tokenizer, the tags."""
+    (tokenised), the held-out questions of the synthetic task, the tokenizer, and the tags a trace
+    may get (the N forking tags; in mixed mode the one shared tag)."""
 
     def __init__(self, cfg, world, tokenizer=None):
         if cfg.data == "synthetic":
@@ -128,11 +142,14 @@ class Task:
             self.tok, system = load_tokenizer(tokenizer or model_dir(cfg.model)), chat.SYSTEM
         self.examples = examples
         self.encoded = [encode_example(self.tok, ex, system) for ex in examples]
-        try:
-            self.tags = forking_tags(self.tok, cfg.num_tags)
-        except ValueError as e:
-            raise UserError(f"--num-tags {cfg.num_tags}: {e}") from None
-        self.shared = encode(self.tok, tag_text(None))
+        if cfg.mode == "mixed":  # one tag, nothing before its "fork": the grid scores it after the prompt
+            shared = encode(self.tok, tag_text(None))
+            self.tags = Tags([shared], fork=0, fork_ids=shared[:1])
+        else:
+            try:
+                self.tags = forking_tags(self.tok, cfg.num_tags)
+            except ValueError as e:
+                raise UserError(f"--num-tags {cfg.num_tags}: {e}") from None
         self.pad_id = special_id(self.tok, "<|endoftext|>")
         most = max(len(ex.traces) for ex in examples)
         if cfg.mode != "mixed" and cfg.num_tags < most:
@@ -141,15 +158,23 @@ class Task:
         if cfg.batch > len(examples) or cfg.batch % world.size:
             raise UserError(f"--batch {cfg.batch}: must be at most the {len(examples)} questions and a "
                             f"multiple of the {world.size} ranks")
-        longest = max(len(q.prompt) for q in self.encoded) + len(self.tags.ids[0])
+        longest = max(len(enc.prompt) for enc in self.encoded) + len(self.tags.ids[0])
         if cfg.max_len < longest:  # a sequence must keep its tag and at least one trace token
             raise UserError(f"--max-len {cfg.max_len}: must be at least {longest}, the longest prompt and tag")
-        self.truncated = sum(len(q.prompt) + len(self.tags.ids[0]) + len(t) - 1 > cfg.max_len
-                             for q in self.encoded for t in q.traces)
+        self.truncated = sum(len(enc.prompt) + len(self.tags.ids[0]) + len(t) - 1 > cfg.max_len
+                             for enc in self.encoded for t in enc.traces)
 
 
 # -------------------------------------------------------------------------------------------------
 # The run
+
+
+class Match(NamedTuple):
+    """One question's assignment in a step, for the log."""
+    question_id: str
+    sigma: list  # sigma[j]: the tag of trace j
+    cost: float  # mean over the traces of C[sigma[j], j]
+    sources: list  # the teacher of each trace, or None
 
 
 def train(cfg, given):
@@ -159,16 +184,16 @@ def train(cfg, given):
     if run.finished:
         return cfg, run
     with user_input():
-        task = Task(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
+        data = TrainingSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
     if world.main:
-        print(f"{len(task.examples)} questions, {sum(len(q.traces) for q in task.encoded)} traces; "
-              f"{task.truncated} sequences truncated to --max-len {cfg.max_len}; "
-              f"vocabulary {task.tok.get_vocab_size()}")
+        print(f"{len(data.examples)} questions, {sum(len(enc.traces) for enc in data.encoded)} traces; "
+              f"{data.truncated} sequences truncated to --max-len {cfg.max_len}; "
+              f"vocabulary {data.tok.get_vocab_size()}")
     config = None
     if not Path(cfg.model).is_dir():  # a preset, trained from scratch, sized to its tokenizer
         config = Config.preset(cfg.model)
-        if config.vocab_size < task.tok.get_vocab_size() or cfg.data == "synthetic":
-            config.vocab_size = task.tok.get_vocab_size()
+        if config.vocab_size < data.tok.get_vocab_size() or cfg.data == "synthetic":
+            config.vocab_size = data.tok.get_vocab_size()
         torch.manual_seed(cfg.seed)
     with user_input():
         model = build_model(world, None if config else model_dir(cfg.model), config)
@@ -178,66 +203,62 @@ def train(cfg, given):
         if run.state:
             last = checkpoint.load(run.checkpoint, model, opt)["last_assignment"]
     run.open_metrics()
-    sources = sorted({s for ex in task.examples for s in (ex.sources or [])})
+    sources = sorted({s for ex in data.examples for s in (ex.sources or [])})
     stop, progress = Stop(), Progress(cfg, run.start)
     try:
         for step in range(run.start, cfg.steps):
             t0 = time.time()
-            # this rank's questions of the step
-            qs = step_items(len(task.examples), cfg.batch, cfg.seed, step, world)
-            # 1. the cost grid C (N tags, M traces) of each question, without gradients
+            qs = step_items(len(data.examples), cfg.batch, cfg.seed, step, world)  # this rank's questions
+            # 1. the cost grid C (tags, M traces) of each question, without gradients
             model.eval()  # Qwen2 has no dropout; eval() documents that the grid takes no gradients
-            C = cost_grid(model, questions=[task.encoded[q] for q in qs], tags=task.tags, L=cfg.match_tokens,
-                          budget=cfg.micro_tokens, world=world, pad_id=task.pad_id) if cfg.mode != "mixed" else None
-            if C is not None:
-                check_finite(step, run, match_cost=world.sum(float(sum(c.sum() for c in C))))
-            # 2. the assignment: sigma[j] is the tag of trace j (mixed: the shared tag for all)
-            rows, record = [], []
-            for k, q in enumerate(qs):
-                ex, enc = task.examples[q], task.encoded[q]
-                sigma = assign(C[k], mode=cfg.mode, rng=np.random.default_rng([cfg.seed, step, q])) \
-                    if C is not None else None
-                for j, trace in enumerate(enc.traces):
-                    tag = task.shared if sigma is None else task.tags.ids[sigma[j]]
-                    rows.append(sequence(enc.prompt, tag, trace, cfg.max_len, cfg.tag_loss))
-                if sigma is not None:
-                    record.append((ex.id, sigma.tolist(), float(C[k][sigma, range(len(sigma))].mean()), ex.sources))
+            C = cost_grid(model, questions=[data.encoded[q] for q in qs], tags=data.tags, L=cfg.match_tokens,
+                          budget=cfg.micro_tokens, world=world, pad_id=data.pad_id)
+            # summed over ranks, so that every rank reaches the same verdict and all stop at this step
+            # (a rank that stopped alone would leave the others waiting in their next collective)
+            check_finite(step, run, match_cost=world.sum(float(sum(c.sum() for c in C))))
+            # 2. sigma[j], the tag of trace j of each question, and its training sequences
+            rows, matches = [], []
+            for q, c in zip(qs, C):
+                ex, enc = data.examples[q], data.encoded[q]
+                sigma = assign(c, mode=cfg.mode, rng=np.random.default_rng([cfg.seed, step, q]))
+                rows += [sequence(enc.prompt, data.tags.ids[tag], trace, cfg.max_len, cfg.tag_loss)
+                         for tag, trace in zip(sigma, enc.traces)]
+                matches.append(Match(ex.id, sigma.tolist(), float(c[sigma, range(len(sigma))].mean()), ex.sources))
             # 3. the update: gradients of the set loss, then one AdamW step at the schedule's lr unless it diverged
             model.train()
-            loss, tokens = set_loss(model, rows=rows, budget=cfg.micro_tokens, world=world, pad_id=task.pad_id)
+            loss, tokens = set_loss(model, rows=rows, budget=cfg.micro_tokens, world=world, pad_id=data.pad_id)
             grad_norm = run.optimizer_step(model, opt, step, loss=loss)
             # log the step, save every --save-every steps, leave when asked to
-            record = [r for part in world.gather(record) for r in part]
+            matches = [m for part in world.gather(matches) for m in part]
             log = {"step": step + 1, "loss": loss, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
-                   "tokens": tokens, "seconds": time.time() - t0, **matching_stats(record, last, sources, cfg.num_tags)}
+                   "tokens": tokens, "seconds": time.time() - t0,
+                   **matching_stats(matches, last, sources, len(data.tags.ids))}
             run.log(log)
             if world.main:
-                progress.show(step, f"loss {loss:.4f}" + (f" | cost {log['match_cost']:.3f}" if C is not None else "")
+                progress.show(step, f"loss {loss:.4f} | cost {log['match_cost']:.3f}"
                               + (f" | changed {log['changed']:.0%}" if log["changed"] is not None else ""))
             if run.end_step(step, stop,
-                            lambda n: run.save(model, opt, task.tok, n, {"last_assignment": last})):
+                            lambda n: run.save(model, opt, data.tok, n, {"last_assignment": last})):
                 break
-        run.finish(model, task.tok)
+        run.finish(model, data.tok)
     finally:
         stop.restore()
         world.close()
     return cfg, run
 
 
-def matching_stats(record, last, sources, num_tags):
+def matching_stats(matches, last, sources, num_tags):
     """Mean matched cost, the assignment, the tags x sources histogram, and matching convergence:
     the share of questions seen before whose assignment changed since then. Updates `last`."""
-    if not record:
-        return {"match_cost": None, "assignment": None, "tag_source": None, "changed": None}
     hist = {s: [0] * num_tags for s in sources}
-    seen = [qid for qid, *_ in record if qid in last]
-    changed = sum(last[qid] != sigma for qid, sigma, *_ in record if qid in last)
-    for qid, sigma, _, srcs in record:
-        last[qid] = sigma
-        for tag, s in zip(sigma, srcs or []):
-            hist[s][tag] += 1
-    return {"match_cost": float(np.mean([c for _, _, c, _ in record])),
-            "assignment": {qid: sigma for qid, sigma, *_ in record},
+    seen = [m for m in matches if m.question_id in last]
+    changed = sum(last[m.question_id] != m.sigma for m in seen)
+    for m in matches:
+        last[m.question_id] = m.sigma
+        for tag, source in zip(m.sigma, m.sources or []):
+            hist[source][tag] += 1
+    return {"match_cost": float(np.mean([m.cost for m in matches])),
+            "assignment": {m.question_id: m.sigma for m in matches},
             "tag_source": hist or None, "changed": changed / len(seen) if seen else None}
 
 
@@ -253,9 +274,9 @@ def main(argv=None):
     if run.signum:
         stopped(run, "ssft.py")
     if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
-        from eval import SyntheticTask, evaluate_run
-        evaluate_run(run.out, SyntheticTask(synthetic.split(cfg.train_questions, cfg.eval_questions)[1]), cfg.num_tags,
-                     shared=cfg.mode == "mixed", samples=4, pass_samples=8)
+        from eval import evaluate_run  # the demo ends with the report on its held-out questions
+        evaluate_run(run.out, load_task("synthetic", train_questions=cfg.train_questions, held_out=cfg.eval_questions),
+                     cfg.num_tags, shared_tag=cfg.mode == "mixed")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,14 @@ stops at once with a clear message where there is no CUDA GPU. (What needs a GPU
     python -m pytest -q test_bench.py
 """
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+from conftest import CPU_ENV as ENV
+from conftest import ROOT
 
 
 def test_gpu_train_smoke_on_cpu(tmp_path):

@@ -5,7 +5,6 @@ with our logits, and a rank killed with SIGKILL ends the whole torchrun job at o
 
     python -m pytest -q test_checkpoint.py
 """
-import json
 import os
 import shutil
 import signal
@@ -17,22 +16,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CPU_ENV, ROOT, TINY_RUN, TORCHRUN, read_metrics
 from model import Qwen2
 
-ROOT = Path(__file__).parent
-RUN = ["--model", "tiny", "--train-questions", "48", "--eval-questions", "0", "--batch", "8", "--seed", "1"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+RUN = [*TINY_RUN, "--seed", "1"]
 
 
 def ssft(*args, ranks=1):
     launcher = TORCHRUN if ranks == 2 else [sys.executable]
-    proc = subprocess.run([*launcher, "ssft.py", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run([*launcher, "ssft.py", *map(str, args)], cwd=ROOT, env=CPU_ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def losses(out):
-    return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(out, "loss")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +106,7 @@ def test_a_killed_rank_ends_every_process_quickly(victim, tmp_path):
     """SIGKILL one rank mid-run: the other fails in its next collective (gloo sees the closed
     socket), torchrun ends it and exits non-zero, within seconds, leaving no process behind."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([*TORCHRUN, "ssft.py", *RUN, "--steps", "1000", "--out", str(out)], cwd=ROOT, env=ENV,
+    proc = subprocess.Popen([*TORCHRUN, "ssft.py", *RUN, "--steps", "1000", "--out", str(out)], cwd=ROOT, env=CPU_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

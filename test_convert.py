@@ -1,5 +1,5 @@
 """
-data/convert.py, data/convert_code.py and data/prompts.py: each converter turns a small fixture in
+data/convert/ (public.py, code.py) and data/prompts.py: each converter turns a small fixture in
 its dataset's real schema into a file that load_traces or load_prompts accepts, and refuses a
 malformed record naming the file, the record and the field; load_prompts on good and bad files.
 
@@ -15,8 +15,9 @@ import zlib
 
 import pytest
 
-from data.convert import convert_dapo, convert_s1k, main, merge_traces
-from data.convert_code import convert_code
+from data.convert.__main__ import main
+from data.convert.code import convert_code
+from data.convert.public import convert_dapo, convert_s1k, merge_traces
 from data.prompts import load_prompts
 from data.traces import DataError, load_traces
 

@@ -73,7 +73,7 @@ def test_empty_and_missing_files(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------
-# Chat format and tags with the real Qwen2.5 vocabulary (SPEC §5, §11)
+# Chat format and tags with the real Qwen2.5 vocabulary (the released SSFT-32B's prompt format)
 
 
 @pytest.fixture(scope="module")

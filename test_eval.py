@@ -1,14 +1,13 @@
 """
 eval.py: every report entry derived from the runs' samples in the right layout (a scripted model
-whose answers are known), the tag distribution against a direct forward pass, the coverage tag,
-bad input before anything is loaded, and the default `python ssft.py` path end to end.
+whose answers are known), the coverage tag, bad input before anything is loaded, and the default
+`python ssft.py` path end to end.
 
     python -m pytest -q test_eval.py
 """
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +15,12 @@ import torch
 
 import eval as ev
 import ssft
+from conftest import ROOT
 from data import encode, forking_tags, prompt_text
-from data.synthetic import SYSTEM, make_examples, tokenizer_for
+from data.synthetic import make_examples, tokenizer_for
 from metrics import pass_at_k
-from model import Config, Qwen2
-
-ROOT = Path(__file__).resolve().parent
-SHARED = ROOT.parent / "shared" / "data"
+from sampling import seeded
+from tasks import SyntheticTask
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +39,9 @@ class Scripted(torch.nn.Module):
         self.tags = forking_tags(tok, num_tags).ids
         self.prompts = [encode(tok, prompt_text(q, task.system)) for q in task.questions]
 
-    def generate(self, prompts, max_new, temperature, top_p, stop, prefix, generators):
+    def generate(self, prompts, max_new, temperature, top_p, stop, forced, generators):
         out = []
-        for p, f, g in zip(prompts, prefix, generators):
+        for p, f, g in zip(prompts, forced, generators):
             q, i = self.prompts.index(list(p)), self.tags.index(list(f))
             s = int(torch.randint(0, 1000, (), generator=g)) if temperature else 0  # a per-sample draw
             answer = self.task.golds[q] if (q + i + s) % 3 else "0"
@@ -57,15 +55,16 @@ class Scripted(torch.nn.Module):
 
 def test_report_derives_from_the_samples_in_order(tok):
     examples = make_examples(5, seed=7)
-    task = ev.SyntheticTask(examples)
+    task = SyntheticTask(examples)
     N, S, n = 6, 3, 4
     model = Scripted(tok, task, N)
     r = ev.evaluate(model, tok, task, num_tags=N, samples=S, pass_samples=n, seed=1)
 
     def draw(run, q, i, s):  # the same per-sample draw the scripted model makes
-        return int(torch.randint(0, 1000, (), generator=ev.seeded(1, run, q, i, s)))
+        return int(torch.randint(0, 1000, (), generator=seeded(1, run, q, i, s)))
 
-    right = np.array([[[(q + i + draw(0, q, i, s)) % 3 != 0 for s in range(S)] for i in range(N)] for q in range(5)])
+    right = np.array([[[(q + i + draw(ev.TAGS, q, i, s)) % 3 != 0 for s in range(S)] for i in range(N)]
+                      for q in range(5)])
     for i in range(N):
         assert r["per_tag"][i]["accuracy"] == pytest.approx(right[:, i].mean())
     # native Cons@N: per sample index s, the vote of the N tags' answers (a wrong answer is "0")
@@ -75,7 +74,7 @@ def test_report_derives_from_the_samples_in_order(tok):
             answers = [task.golds[q] if right[q, i, s] else "0" for i in range(N)]
             votes.append(max(answers, key=answers.count) == task.golds[q])
     assert r["cons@N"] == pytest.approx(np.mean(votes))
-    c = [sum((q + draw(1, q, 0, s)) % 3 != 0 for s in range(n)) for q in range(5)]
+    c = [sum((q + draw(ev.THINK1, q, 0, s)) % 3 != 0 for s in range(n)) for q in range(5)]
     assert r["pass@1"] == pytest.approx(np.mean(c) / n)
     assert r["pass@k"][4] == pytest.approx(np.mean([pass_at_k(n, cq, 4) for cq in c]))
     greedy = np.array([[(q + i) % 3 != 0 for i in range(N)] for q in range(5)])
@@ -86,22 +85,8 @@ def test_report_derives_from_the_samples_in_order(tok):
     assert sum(map(sum, r["table"])) == 5 * N * S
     # uniform logits: the tags equally likely among themselves (entropy log N), the rest outside
     d = r["tag_distribution"]
-    assert d["entropy"] == pytest.approx(np.log(N)) and d["outside"] == pytest.approx(1 - N / tok.get_vocab_size())
-
-
-def test_tag_distribution_equals_a_direct_forward_pass(tok):
-    torch.manual_seed(0)
-    model = Qwen2(Config(**{**Config.preset("tiny").__dict__, "vocab_size": tok.get_vocab_size()})).eval()
-    tags = forking_tags(tok, 6)
-    prompts = [encode(tok, prompt_text(e.question, SYSTEM)) for e in make_examples(5, seed=2)]
-    logits = ev.fork_logits(model, prompts, tags, pad_id=0, budget=60)  # several left-padded passes
-    for q, p in enumerate(prompts):
-        direct = model(torch.tensor([p + tags.ids[0][:tags.fork]]))[0, -1]
-        torch.testing.assert_close(logits[q], direct, rtol=1e-5, atol=1e-5)
-    d = ev.tag_distribution(logits, tags)
-    probs = torch.softmax(logits, -1)
-    np.testing.assert_allclose(d["mean"], probs[:, tags.fork_ids].mean(0).numpy(), rtol=1e-5)
-    assert d["outside"] == pytest.approx(1 - probs[:, tags.fork_ids].sum(1).mean().item(), rel=1e-5)
+    assert d["entropy_of_mean"] == pytest.approx(np.log(N)) and d["mean_entropy"] == pytest.approx(np.log(N))
+    assert d["outside"] == pytest.approx(1 - N / tok.get_vocab_size())
 
 
 def test_coverage_tag_counts_distinct_pairs(tmp_path):
@@ -134,7 +119,7 @@ def test_bad_flags_give_one_line(args, message, tmp_path):
 def test_bad_benchmark_files_fail_before_the_model_loads(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")  # loading it would fail: it must not be reached
-    for content, message in [("", "no questions (the file is empty)"),
+    for content, message in [("", "no prompts (the file is empty)"),
                              ('{"problem": "1+1?"}\n', "field 'answer': missing"),
                              ('{"answer": "2"}\n', "field 'question'")]:
         (tmp_path / "bench.jsonl").write_text(content)
@@ -166,24 +151,3 @@ def test_default_path_end_to_end(tmp_path):
         assert by_t["0.7"][key] == report[key]
     lengths = {t: [tag["mean_length"] for tag in by_t[t]["per_tag"]] for t in by_t}
     assert lengths["0.7"] == [tag["mean_length"] for tag in report["per_tag"]] != lengths["1.5"]
-
-
-@pytest.mark.skipif(not (SHARED / "aime24.jsonl").exists(), reason="needs ../shared/data")
-def test_math_tasks_read_the_benchmarks_and_name_their_cons_variant():
-    aime, math500 = ev.load_task(SHARED / "aime24.jsonl"), ev.load_task(SHARED / "math500.jsonl")
-    assert len(aime.questions) == 30 and len(math500.questions) == 500
-    assert (aime.name, math500.name) == ("aime24", "math500")
-    assert ev.metrics.CONS32_VARIANT[aime.name] == "maj_sot" and ev.metrics.CONS32_VARIANT[math500.name] == "maj_blocks"
-    right = aime.extract(r"Therefore, the final answer is: $\boxed{204}$. I hope it is correct")
-    assert aime.right(right, 0) and aime.extract("The answer is 070") == aime.extract(r"$\boxed{70}$")
-    assert not aime.right(aime.extract(r"\boxed{205}"), 0) and aime.extract("no answer here") is None
-
-
-def test_code_task_grades_by_execution(tmp_path):
-    path = tmp_path / "code.jsonl"
-    path.write_text(json.dumps({"question": "Add two numbers.", "func_name": "add", "tests": [
-        {"input": "1\n2", "output": "3", "testtype": "functional"}]}) + "\n")
-    task = ev.load_task(path)
-    good = task.extract("```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```")
-    bad = task.extract("```python\nclass Solution:\n    def add(self, a, b):\n        return a - b\n```")
-    assert task.right(good, 0) and not task.right(bad, 0) and task.extract("no code") is None

@@ -6,17 +6,13 @@ loads from the same checkpoint: tied and untied, one file and sharded with an in
     python -m pytest -q test_load.py
 """
 import gc
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).parent
-TINY = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2)
+from conftest import CPU_ENV, ROOT, TINY_HF, TORCHRUN
 
 
 @pytest.mark.parametrize("tied, dtype, shard", [(True, torch.float32, None), (False, torch.bfloat16, "20KB")],
@@ -24,7 +20,7 @@ TINY = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_lay
 def test_two_ranks_load_what_transformers_loads(tied, dtype, shard, tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
-    hf = Qwen2ForCausalLM(Qwen2Config(**TINY, tie_word_embeddings=tied))
+    hf = Qwen2ForCausalLM(Qwen2Config(**TINY_HF, tie_word_embeddings=tied))
     with torch.no_grad():  # non-zero biases, non-unit norms: every tensor is tested
         for name, p in hf.named_parameters():
             if name.endswith("bias"):
@@ -33,10 +29,8 @@ def test_two_ranks_load_what_transformers_loads(tied, dtype, shard, tmp_path):
                 p.uniform_(0.5, 1.5)
     hf.to(dtype).save_pretrained(tmp_path / "hf", **({"max_shard_size": shard} if shard else {}))
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists() == bool(shard)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run([*torchrun, __file__, str(tmp_path / "hf"), str(tmp_path / "loaded.pt")],
-                          cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    proc = subprocess.run([*TORCHRUN, __file__, str(tmp_path / "hf"), str(tmp_path / "loaded.pt")],
+                          cwd=ROOT, capture_output=True, text=True, env=CPU_ENV, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ours = torch.load(tmp_path / "loaded.pt")
     theirs = Qwen2ForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).state_dict()

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from conftest import TINY_HF
 from model import PRESETS, Config, Qwen2, count_parameters, sample
 
-TINY = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6)
+TINY = {**TINY_HF, "rope_theta": 1e6, "rms_norm_eps": 1e-6}  # not the defaults: both must be read
 
 
 def hf_model(tied, seed=0, **overrides):
@@ -103,12 +103,12 @@ def test_kv_cache_decode_equals_full_forward():
     torch.manual_seed(0)
     model = Qwen2(Config(**TINY, tie_word_embeddings=False)).eval()
     prompts = [[1, 2, 3, 4, 5, 6], [7, 8]]
-    out = model.generate(prompts, max_new_tokens=6, prefix=[[9, 10]] * len(prompts))
+    out = model.generate(prompts, max_new_tokens=6, forced=[[9, 10]] * len(prompts))
     assert all(o[:2] == [9, 10] for o in out)
     for p, o in zip(prompts, out):
         full = torch.tensor([p + o])
         logits = model(full)[0]  # (T, V) without padding or cache
-        # Each generated token (after the forced prefix) is the argmax of the full forward pass.
+        # Each generated token (after the forced ones) is the argmax of the full forward pass.
         start = len(p) + 2
         assert o[2:] == logits[start - 1:-1].argmax(-1).tolist()
 

@@ -14,10 +14,8 @@ device="cpu"; the bf16 terms differ only in b, which the saved-tensor count chec
 
     python -m pytest -q test_plan.py
 """
-import ctypes
 import gc
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 import torch
 
 import plan
+from conftest import CPU_ENV, TORCHRUN, peak_rss, rss
 from model import Config, Qwen2, rope_cos_sin
 
 ROOT = Path(__file__).parent
@@ -36,24 +35,6 @@ SMALL = dict(vocab_size=4096, hidden_size=384, intermediate_size=1536, num_hidde
              num_key_value_heads=2)
 TOKENS = 1024
 ROWS, PROMPT, NEW = 16, 64, 256  # rollouts decoded at once in the two-rank run
-
-
-def rss(key="VmRSS"):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-
-
-def peak_of(fn):
-    """(bytes above the current RSS at the peak of fn(), fn's result)."""
-    gc.collect()  # FSDP leaves reference cycles: free them now, not inside the next phase
-    # Give freed heap pages back: reused without a page fault, they would hide part of fn's peak
-    # (once in a while 3 MB of the optimizer step's 23.6 MB).
-    ctypes.CDLL(None).malloc_trim(0)
-    before = rss()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    out = fn()
-    return rss("VmHWM") - before, out
 
 
 def measure(world):
@@ -89,9 +70,9 @@ def measure(world):
     out = {"state": (rss() - start, state)}
     for ac in (False, True):
         opt.zero_grad(set_to_none=False)
-        out[f"forward + backward, checkpointing {ac}"] = (peak_of(lambda: step(model, opt, TOKENS, ac))[0],
+        out[f"forward + backward, checkpointing {ac}"] = (peak_rss(lambda: step(model, opt, TOKENS, ac))[1],
                                                           plan.phases(parts, ac)["forward + backward"] - state)
-    out["optimizer step"] = (peak_of(opt.step)[0], plan.phases(parts)["optimizer step"] - state)
+    out["optimizer step"] = (peak_rss(opt.step)[1], plan.phases(parts)["optimizer step"] - state)
     opt.zero_grad(set_to_none=True)  # rollouts run without gradients
     if world.size > 1:  # (one CPU process has no FSDP: nothing is gathered)
         prompts = torch.randint(0, config.vocab_size, (ROWS, PROMPT), generator=gen)
@@ -101,15 +82,14 @@ def measure(world):
                 model.generate(prompts, NEW, temperature=1.0, generators=[gen] * ROWS)
 
         rollout_parts = sum(v for k, v in parts.items() if k.startswith("rollouts"))
-        out["rollouts: model gathered, KV cache, prefill"] = (peak_of(rollouts)[0], rollout_parts)
+        out["rollouts: model gathered, KV cache, prefill"] = (peak_rss(rollouts)[1], rollout_parts)
     return out
 
 
 def run_measure(ranks, out):
     # CPU runs (also on a GPU machine); no OpenMP waits on a busy machine
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] \
-        if ranks > 1 else [sys.executable]
+    env = {**CPU_ENV, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    launcher = {1: [sys.executable], 2: TORCHRUN}[ranks]
     proc = subprocess.run([*launcher, __file__, "measure", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,29 +1,27 @@
 """
-run.py and checkpoint.py, by breaking things on purpose: every bad flag by its rule, corrupt input
-files, a checkpoint swap cut at any instant, kills mid-run, SIGTERM / SIGUSR1 / Ctrl-C (also under
-torchrun), divergence, a failed save, a cut-off metrics line. Each case checks the exit code, that
-no traceback reaches the user, the message, and what is (not) left in --out.
+run.py and checkpoint.py, by breaking things on purpose: corrupt input files, a checkpoint swap cut
+at any instant, kills mid-run, SIGTERM / SIGUSR1 / Ctrl-C (also under torchrun), divergence, a
+failed save, a cut-off metrics line; and the learning-rate schedule. Each case checks the exit
+code, that no traceback reaches the user, the message, and what is (not) left in --out.
 
     python -m pytest -q test_run.py
 """
 import json
-import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import checkpoint
 import ssft
-from run import parse_flags
-
-ROOT = Path(__file__).parent
-TINY = ["--model", "tiny", "--train-questions", "48", "--eval-questions", "0", "--batch", "8"]
+from conftest import CPU_ENV, ROOT, TORCHRUN, one_line_error, read_metrics
+from conftest import TINY_RUN as TINY
+from flags import parse_flags
+from run import lr_at
 
 
 def ssft_cli(args, **kw):
@@ -31,14 +29,7 @@ def ssft_cli(args, **kw):
 
 
 def losses(out):
-    return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def one_line_error(proc, message):
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    return read_metrics(out, "loss")
 
 
 @pytest.fixture(scope="module")
@@ -50,41 +41,7 @@ def full_run(tmp_path_factory):
 
 
 # -------------------------------------------------------------------------------------------------
-# Flags and files
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--steps", "0"], "--steps 0: must be at least 1"),
-    (["--steps", "-5"], "--steps -5: must be at least 1"),
-    (["--save-every", "-1"], "--save-every -1: must be at least 0"),
-    (["--batch", "0"], "--batch 0: must be at least 1"),
-    (["--batch", "-8"], "--batch -8: must be at least 1"),
-    (["--match-tokens", "0"], "--match-tokens 0: must be at least 1"),
-    (["--traces", "0"], "--traces 0: must be at least 1"),
-    (["--traces", "5"], "--traces 5: the synthetic task has 4 traces per question"),
-    (["--lr", "-1"], "--lr -1.0: must be more than 0"),
-    (["--lr", "nan"], "--lr nan: must be more than 0"),
-    (["--warmup", "1"], "--warmup 1.0: must be less than 1"),
-    (["--train-questions", "0"], "--train-questions 0: must be at least 1"),
-    (["--train-questions", "4"], "--batch 8: must be at most the 4 questions"),
-    (["--max-len", "5"], "--max-len 5: must be at least"),
-    (["--num-tags", "3"], "--num-tags 3: fewer than the 4 traces of a question"),
-    (["--mode", "best"], "--mode best: must be one of ssft, random, mixed"),
-    (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
-    (["--model", "nowhere"], "--model nowhere: is neither a preset"),
-    (["--data", "nowhere.jsonl"], "--data nowhere.jsonl: must be 'synthetic' or an existing file"),
-    (["--tokenizer", "nowhere.json"], "--tokenizer nowhere.json: must be an existing file"),
-    (["--out", "/sys/kernel/run"], "--out /sys/kernel/run: cannot be written"),
-])
-def test_bad_flags_stop_before_anything_is_written(args, message, tmp_path):
-    out = tmp_path / "out"
-    one_line_error(ssft_cli(TINY + ["--steps", "3", "--out", str(out), *args]), message)
-    assert not out.exists()
-
-
-def test_out_naming_a_file(tmp_path):
-    (tmp_path / "f").write_text("x")
-    one_line_error(ssft_cli(TINY + ["--out", str(tmp_path / "f")]), "names a file")
+# Files
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +160,7 @@ def test_a_signal_saves_and_resume_is_exact(sig, tmp_path, full_run):
 def test_sigterm_to_torchrun_stops_every_rank_together(tmp_path):
     """SIGTERM to torchrun: both ranks stop at the same step and write their shards, and the run
     resumed on two ranks equals an uninterrupted two-rank run."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "ssft.py"]
+    env, torchrun = CPU_ENV, TORCHRUN + ["ssft.py"]
     out, full = tmp_path / "run", tmp_path / "full"
     args = TINY + ["--steps", "12"]
     proc = subprocess.Popen(torchrun + args + ["--out", str(out)], cwd=ROOT, env=env,
@@ -264,3 +220,9 @@ def test_resume_of_a_finished_run_says_so_or_trains_longer(tmp_path, full_run, c
     assert len(losses(out)) == 10
     proc = ssft_cli(["--out", str(out), "--resume", "--mode", "random"])
     one_line_error(proc, "--mode random: the run in")
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, lr=1.0, steps=100, warmup=0.1, min_lr=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and 0.1 <= lrs[-1] < 0.101

@@ -1,30 +1,27 @@
 """
-ssft.py: the set loss and its matching, the baselines, FSDP2 over two gloo ranks against one
-process, exact resume, and one test per kind of bad input.
+ssft.py: the cost grid against its definition, the matching against brute force, the set loss and
+its gradients, the baselines, FSDP2 over two gloo ranks against one process, exact resume, and one
+test per kind of bad input.
 
     python -m pytest -q test_ssft.py
 """
 import itertools
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import ssft
-from batches import logits_in_order, micro_batches
+from batches import micro_batches
+from conftest import CPU_ENV, ROOT, TINY_RUN, TORCHRUN, read_metrics
 from data import encode_example, forking_tags, sequence
 from data.synthetic import SYSTEM, make_examples, tokenizer_for
 from distributed import World
+from flags import UserError, parse_flags
 from model import Config, Qwen2
-from run import UserError, lr_at, parse_flags
-
-ROOT = Path(__file__).parent
-TINY_RUN = ["--model", "tiny", "--train-questions", "48", "--eval-questions", "0", "--batch", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +62,8 @@ def test_assignment_is_the_min_cost_matching_and_injective(setup):
 
 
 def test_set_loss_is_invariant_to_permuting_the_traces(setup):
+    """The traces of a question are a set: listing them in another order moves the grid's columns
+    and the assignment with them, and leaves ssft.set_loss (value and gradients) as it was."""
     model, encs, tags, _ = setup
     enc = encs[0]
     (cost,) = grid(model, [enc], tags)
@@ -76,9 +75,19 @@ def test_set_loss_is_invariant_to_permuting_the_traces(setup):
     def set_loss(e, c):
         sigma = ssft.assign(c, mode="ssft", rng=None)
         rows = [sequence(e.prompt, tags.ids[sigma[j]], t) for j, t in enumerate(e.traces)]
-        return sum(model(torch.tensor([i]), targets=torch.tensor([t]))[0].item() for i, t in rows)
+        model.zero_grad()
+        loss, tokens = ssft.set_loss(model, rows=rows, budget=120, world=World(), pad_id=0)
+        return loss, tokens, {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    assert set_loss(shuffled, cost_p) == pytest.approx(set_loss(enc, cost), rel=1e-6)
+    (a, tokens_a, grads_a), (b, tokens_b, grads_b) = set_loss(enc, cost), set_loss(shuffled, cost_p)
+    assert tokens_a == tokens_b and b == pytest.approx(a, rel=1e-6)
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-5, atol=1e-8)
+    # the check can fail: the same traces under another (non-matching) assignment change the loss
+    sigma = ssft.assign(cost, mode="ssft", rng=None)
+    other = [sequence(enc.prompt, tags.ids[(sigma[j] + 1) % 6], t) for j, t in enumerate(enc.traces)]
+    assert ssft.set_loss(model, rows=other, budget=120, world=World(), pad_id=0)[0] != pytest.approx(a, rel=1e-6)
+    model.zero_grad()
 
 
 def test_gradients_come_only_from_the_matched_sequences(setup):
@@ -113,21 +122,16 @@ def test_random_mode_draws_injective_maps():
     assert draw(3) == draw(3)
 
 
-def test_lr_schedule_warms_up_then_decays():
-    lrs = [lr_at(s, lr=1.0, steps=100, warmup=0.1, min_lr=0.1) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] >= 0.1
-
-
-def test_micro_batches_respect_the_token_budget():
-    lengths = [5, 50, 7, 30, 30, 200, 1]
-    groups = micro_batches(lengths, budget=60)
-    assert sorted(i for g in groups for i in g) == list(range(7))
-    assert all(len(g) * max(lengths[i] for i in g) <= 60 or len(g) == 1 for g in groups)
+def test_mixed_mode_gives_every_trace_the_shared_tag(tmp_path):
+    """mixed: one tag, <think>, for every trace; its 1 x M grid is logged like SSFT's."""
+    train(TINY_RUN + ["--steps", "2", "--mode", "mixed", "--out", str(tmp_path)])
+    for record in read_metrics(tmp_path):
+        assert set(map(tuple, record["assignment"].values())) == {(0, 0, 0, 0)}
+        assert record["match_cost"] > 0 and all(len(h) == 1 for h in record["tag_source"].values())
 
 
 def losses(out):
-    return [json.loads(l)["loss"] for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(out, "loss")
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -148,16 +152,13 @@ def test_unfinished_run_is_not_overwritten(tmp_path):
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     args = TINY_RUN + ["--steps", "3", "--mode", "ssft", "--export-dtype", "float32"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
-        proc = subprocess.run([sys.executable, *launcher, "ssft.py", *args, "--out", str(tmp_path / name)],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
+    for name, launcher in (("one", [sys.executable]), ("two", TORCHRUN)):
+        proc = subprocess.run([*launcher, "ssft.py", *args, "--out", str(tmp_path / name)],
+                              cwd=ROOT, env=CPU_ENV, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(losses(tmp_path / "two")) == 3
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-6)
-    one = [json.loads(l)["assignment"] for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    two = [json.loads(l)["assignment"] for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert one == two
+    assert read_metrics(tmp_path / "one", "assignment") == read_metrics(tmp_path / "two", "assignment")
 
     from transformers import Qwen2ForCausalLM
     hf = Qwen2ForCausalLM.from_pretrained(tmp_path / "two" / "model").eval()
@@ -235,21 +236,9 @@ def test_real_format_checkpoint_and_vocabulary(tmp_path):
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     ssft.main(["--model", str(tmp_path / "base"), "--data", str(tmp_path / "data.jsonl"), "--steps", "2",
                "--batch", "4", "--out", str(tmp_path / "run"), "--lr", "1e-3"])
-    log = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    log = read_metrics(tmp_path / "run")
     assert len(log) == 2 and sum(map(sum, log[0]["tag_source"].values())) == 16
     assert set(log[0]["tag_source"]) == {"r1", "gemini", "oss-high", "oss-medium"}
     back = Qwen2ForCausalLM.from_pretrained(tmp_path / "run" / "model")
     assert back.config.tie_word_embeddings and back.config.vocab_size == 151936
     assert (tmp_path / "run" / "model" / "tokenizer.json").exists()
-
-
-def test_last_position_logits_come_back_in_row_order():
-    """The passes run longest first; each row's logits must still be its own (GFPO draws its forks
-    from them), equal to a forward pass of that row alone."""
-    torch.manual_seed(0)
-    model = Qwen2(Config.preset("tiny")).eval()
-    rows = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11, 12]]
-    got = logits_in_order(model, rows, budget=64, world=World(), pad_id=0)
-    for row, logits in zip(rows, got):
-        direct = model(torch.tensor([row]), last=True)[0]
-        torch.testing.assert_close(logits, direct.float(), rtol=1e-5, atol=1e-5)

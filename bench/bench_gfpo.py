@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,31 +46,24 @@ def main():
     world, seconds = World(), {}
     model = Qwen2.from_pretrained(model_dir(a.model))
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the same weights for every repeat
-    for mode in ("gfpo", "grpo"):
+    for mode, update in (("gfpo", gfpo.gfpo_update), ("grpo", gfpo.grpo_update)):
         cfg, _ = parse_flags(gfpo.GFPOConfig, ["--model", a.model, "--mode", mode, "--batch", str(a.batch),
                                                "--group", str(a.group)])
-        prompts = gfpo.Prompts(cfg, world, model_dir(a.model))
-        qs = list(range(a.batch))
+        data = gfpo.PromptSet(cfg, world, model_dir(a.model))
         t = time.perf_counter()
-        logits, _, forks, prefix, gen = gfpo.rollouts(model.eval(), None, prompts, qs, cfg, world, step=0)
-        texts = [prompts.tok.decode(ids, skip_special_tokens=True) for ids in gen]
-        r = np.array([[prompts.reward(q, texts[b * a.group + g]) for g in range(a.group)] for b, q in enumerate(qs)])
-        adv, kept = gfpo.advantages(r)
+        ro = gfpo.rollouts(model.eval(), None, data, list(range(a.batch)), cfg, world, step=0)
         seconds["rollouts_and_rewards"] = time.perf_counter() - t
-        logp_old = torch.log_softmax(logits[:, prompts.tags.fork_ids] / cfg.temperature, -1).gather(1, forks)
-        rows = None if mode == "gfpo" else gfpo.grpo_rows(prompts, qs, prefix, gen, a.group, cfg.max_len)
 
-        def update():
+        def step():
             model.train()
-            gfpo.update(model, cfg, world, prompts, qs, forks, logp_old if mode == "gfpo" else None, adv, kept,
-                        None, rows)
+            update(model, ro, data, cfg, world)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        update()  # warm-up
-        seconds[f"{mode}_update"] = timed(update, a.repeats)
-        seconds[f"{mode}_tokens"] = sum(len(ids) for ids, _ in rows) if rows else \
-            sum(len(prompts.ids[q]) + prompts.tags.fork for q in qs)
+        step()  # warm-up
+        seconds[f"{mode}_update"] = timed(step, a.repeats)
+        seconds[f"{mode}_tokens"] = sum(len(ids) for ids, _ in gfpo.grpo_rows(ro, data, cfg.max_len)) \
+            if mode == "grpo" else sum(len(data.prompts.before_fork(q)) for q in ro.questions)
     ratio = seconds["gfpo_update"] / seconds["grpo_update"]
     step = {m: seconds["rollouts_and_rewards"] + seconds[f"{m}_update"] for m in ("gfpo", "grpo")}
     print(f"{a.batch} prompts x {a.group} rollouts, {torch.get_num_threads()} threads")

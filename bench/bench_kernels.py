@@ -18,8 +18,6 @@ sees. Linux only.
     python bench/bench_kernels.py --T 512 --V 32000 --d 64   # quick
 """
 import argparse
-import ctypes
-import gc
 import json
 import os
 import sys
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import peak_rss  # noqa: E402
 from kernels import IGNORE_INDEX, sequence_nll  # noqa: E402
 
 VARIANTS = ["naive", "torch"]
@@ -63,22 +62,15 @@ def fwd_bwd(variant, hidden, weight, targets, seq_ids, grad):
     return nll_sum.detach(), h.grad, w.grad
 
 
-def rss_kib(field):
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in KiB."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def measure(variant, inputs):
     """One forward + backward: (time in s, peak-RSS growth in bytes, results)."""
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap pages back, so reuse is not unseen
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    base = rss_kib("VmRSS")
-    t0 = time.perf_counter()
-    result = fwd_bwd(variant, *inputs)
-    return time.perf_counter() - t0, (rss_kib("VmHWM") - base) * 1024, result
+    def timed():
+        t0 = time.perf_counter()
+        result = fwd_bwd(variant, *inputs)
+        return time.perf_counter() - t0, result
+
+    (seconds, result), peak, _ = peak_rss(timed)
+    return seconds, peak, result
 
 
 def main():

@@ -29,17 +29,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from conftest import peak_rss, rss  # noqa: E402
 from model import Config, Qwen2, count_parameters  # noqa: E402
 
 CONFIG = dict(vocab_size=51200, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
               num_key_value_heads=4, tie_word_embeddings=False)
 MB = 1e6
-
-
-def rss(key="VmRSS"):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
 
 
 class _Tokenizer:  # checkpoint.save writes the run's tokenizer beside the shards; any will do here
@@ -49,10 +44,8 @@ class _Tokenizer:  # checkpoint.save writes the run's tokenizer beside the shard
 
 def loaded(fn):
     """fn() with the peak resident memory above the resident memory just before it."""
-    before = rss()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    out = fn()
-    return out, {"peak_above_before_MB": (rss("VmHWM") - before) / MB,
+    out, peak, before = peak_rss(fn)
+    return out, {"peak_above_before_MB": peak / MB,
                  "ru_maxrss_minus_before_MB": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / MB,
                  "resident_after_MB": (rss() - before) / MB}
 

@@ -14,12 +14,13 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data import encode, forking_tags, prompt_text, synthetic  # noqa: E402
-from data.tokenizer import special_id  # noqa: E402
-from eval import fork_logits, load, sample_all  # noqa: E402
+from data import synthetic  # noqa: E402
+from distributed import World  # noqa: E402
+from eval import FORK_BUDGET, load  # noqa: E402
+from sampling import chat_prompts, fork_logits, fork_policy, sample  # noqa: E402
+from tasks import SyntheticTask  # noqa: E402
 
 
 def main():
@@ -32,18 +33,16 @@ def main():
     model, tok = load(a.model)
     train, held_out = synthetic.split(n_held_out=a.questions)
     examples = held_out if a.held_out else train[:a.questions]
-    prompts = [encode(tok, prompt_text(ex.question, synthetic.SYSTEM)) for ex in examples]
-    tags, Q, S = forking_tags(tok, 6), len(examples), a.samples
-    gen = sample_all(model, [(prompts[q], tags.ids[i], (0, 9, q, i, s)) for q in range(Q) for i in range(6)
-                             for s in range(S)], temperature=0.7, top_p=0.95, max_new=120,
-                     stop=[special_id(tok, "<|im_end|>")])
-    right = [synthetic.check(tok.decode(g, skip_special_tokens=True), examples[k // (6 * S)].answer)
-             for k, g in enumerate(gen)]
-    acc = np.array(right, dtype=float).reshape(Q, 6, S).mean(2)  # (Q, N)
+    task = SyntheticTask(examples)
+    prompts, Q, S = chat_prompts(tok, task, 6), len(examples), a.samples
+    gen = sample(model, (Q, 6, S), lambda q, i, s: (prompts.ids[q], prompts.slots[i], (0, 9, q, i, s)),
+                 temperature=0.7, top_p=0.95, max_new=120, stop=prompts.stop)
+    acc = np.array([[[task.grade(tok.decode(ids, skip_special_tokens=True), q) for ids in tag] for tag in gen[q]]
+                    for q in range(Q)], dtype=float).mean(2)  # (Q, N)
     length = np.array([len(ex.question.split()[1]) for ex in examples])
     by_length = {n: acc[length == n].mean(0).argmax() for n in set(length)}
-    own = torch.softmax(fork_logits(model, prompts, tags, special_id(tok, "<|endoftext|>"))[:, tags.fork_ids] / 0.7,
-                        -1).numpy()  # (Q, N): the model's own choice, at the sampling temperature
+    logits = fork_logits(model, prompts, range(Q), FORK_BUDGET, World(device=next(model.parameters()).device))
+    own = fork_policy(logits, prompts.tags, 0.7).exp().numpy()  # (Q, N): the model's own choice, at the sampling T
     print(f"{a.model}, {Q} {'held-out' if a.held_out else 'training'} questions, {S} samples per tag at T=0.7")
     print("  accuracy per tag        " + " ".join(f"{x:.3f}" for x in acc.mean(0)))
     print(f"  best single tag         {acc.mean(0).max():.3f}")

@@ -48,7 +48,7 @@ class Tags:
     fork_ids: list  # fork_ids[i] = ids[i][fork]
 
     @property
-    def prefix(self):
+    def before_fork(self):
         """The tokens before the forking token, the same in every tag."""
         return self.ids[0][:self.fork]
 

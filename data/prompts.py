@@ -15,8 +15,11 @@ by the GFPO trainer (gfpo.py) and by evaluation. Two kinds, told apart by which 
   type, as in LiveCodeBench, because the grader runs the program one way or the other.
 
 Exactly one of `answer` and `tests` per line. `id` is optional (default `line{n}`) and unique.
-`question` is the whole user turn: any instructions (answer format, starter code) are part of it.
-Bad input raises DataError naming the file, the line and the field, as load_traces does.
+`question` is the whole user turn of a code prompt: any instructions (starter code, input format)
+are part of it. A math question is asked inside MATH_PROMPT, the authors' instruction; a benchmark
+file may name it `problem` (AIME, MATH-500) instead of `question`. This is the one reader of the
+format, for evaluation benchmarks and RL prompts alike. Bad input raises DataError naming the file,
+the line and the field, as load_traces does.
 
     python -m pytest -q test_convert.py
 """
@@ -25,6 +28,11 @@ from dataclasses import dataclass
 from data.traces import DataError, load_records
 
 TEST_TYPES = ("stdin", "functional")
+# The math prompt of the authors' evaluation (LightEval's AIME/MATH-500 tasks).
+MATH_PROMPT = ("Solve the following math problem efficiently and clearly.  The last line of your response "
+               "should be of the following format: 'Therefore, the final answer is: $\\boxed{{ANSWER}}$. "
+               "I hope it is correct' (without quotes) where ANSWER is just the final number or expression "
+               "that solves the problem. Think step by step before answering.\n\n{question}")
 
 
 @dataclass
@@ -80,11 +88,12 @@ def _prompt(obj, path, n):
 
     if not isinstance(obj, dict):
         fail(None, f"expected a JSON object, got {type(obj).__name__}")
-    question = obj.get("question")
-    if "question" not in obj:
+    key = "question" if "question" in obj or "problem" not in obj else "problem"
+    question = obj.get(key)
+    if key not in obj:
         fail("question", "missing")
     if not isinstance(question, str) or not question.strip():
-        fail("question", "must be a non-empty string")
+        fail(key, "must be a non-empty string")
     has_answer, has_tests = "answer" in obj, "tests" in obj
     if has_answer and has_tests:
         fail("tests", "given together with 'answer': a prompt is either math (answer) or code (tests)")

@@ -36,7 +36,7 @@ import pickle
 import zlib
 from collections import Counter
 
-from data.convert import records, scalar, text, write_jsonl
+from data.convert.io import records, scalar, text, write_jsonl
 from data.prompts import check_tests
 from data.traces import DataError
 

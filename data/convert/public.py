@@ -1,18 +1,6 @@
 """
-Converters from public datasets, saved locally, to this project's formats: multi-trace JSONL for
-SSFT (data/traces.py) and RL prompts for GFPO and evaluation (data/prompts.py).
-
-    s1k    simplescaling/s1K-1.1 -> multi-trace JSONL, two traces per question (DeepSeek-R1, Gemini)
-    merge  add more teachers' traces (the paper's GPT-OSS and Claude traces) to a multi-trace file
-    dapo   BytedTsinghua-SIA/DAPO-Math-17k -> math prompts with answers
-    code   livecodebench/code_generation_lite or PrimeIntellect/INTELLECT-2-RL-Dataset -> code
-           prompts with tests (data/convert_code.py)
-
-Inputs are local files: JSONL, JSON (a list of records or {"data": [...]}) or Parquet (the format
-the Hugging Face hub serves; reading it needs the optional pyarrow). Nothing is downloaded. Every
-malformed record raises DataError naming the input file, the record (JSONL: the line; JSON and
-Parquet: "record i", counting from 0 like the dataset's row index) and the field. The output is
-written only after the whole input converted, to a temporary file renamed into place.
+SSFT traces and math prompts from public data: s1K-1.1 to multi-trace JSONL, more teachers merged
+in, DAPO-Math-17k to RL prompts (the package docstring says what inputs are read and how).
 
 s1K-1.1 columns (dataset card; simplescaling/s1 data/tokenization.py; Infini-AI-Lab/Multiverse
 data/collect_1k.py): question, solution, cot_type, source_type, metadata,
@@ -45,101 +33,19 @@ printed); one question with two different answers is an error. id: "dapo-{extra_
     python -m data.convert s1k s1K-1.1/data/train-00000-of-00001.parquet s1k.jsonl
     python -m data.convert merge s1k.jsonl gpt-oss-high.jsonl claude.jsonl s1k-4.jsonl
     python -m data.convert dapo DAPO-Math-17k/data/dapo-math-17k.parquet dapo.jsonl
-    python -m data.convert code code_generation_lite/test6.jsonl lcb.jsonl
     python -m pytest -q test_convert.py
 """
-import argparse
-import json
 import os
-import sys
-import tempfile
 from dataclasses import asdict
 
-from data.traces import RESERVED, DataError, load_traces, read_jsonl
+from data.convert.io import records, scalar, text, write_jsonl
+from data.traces import RESERVED, DataError, load_traces
 
 DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be "
                "of the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n")
 DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
 S1K_TEACHERS = (("deepseek-r1", "deepseek"), ("gemini", "gemini"))  # (source name, column prefix)
 SHORT_ANSWER = 64  # characters: a one-line solution up to this long is taken as the answer
-
-
-def iter_records(path):
-    """Yield (where, record) for every record of a JSONL, JSON or Parquet file; where is what
-    DataError prints after the file name."""
-    if str(path).endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DataError(path, None, None, "reading .parquet needs pyarrow (pip install pyarrow)") from None
-        try:
-            batches = pq.ParquetFile(path).iter_batches()
-        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-            raise DataError(path, None, None, f"cannot read as Parquet ({e})") from None
-        i = 0
-        for batch in batches:  # batch by batch: the 1.79M-row DAPO file need not sit in memory twice
-            for record in batch.to_pylist():
-                yield f"record {i}", record
-                i += 1
-    elif str(path).endswith(".json"):
-        try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except OSError as e:
-            raise DataError(path, None, None, f"cannot read ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise DataError(path, None, None, f"not valid UTF-8 (byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise DataError(path, None, None,
-                            f"invalid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DataError(path, None, None, 'expected a list of records or {"data": [...]}')
-        yield from ((f"record {i}", record) for i, record in enumerate(data))
-    else:
-        yield from read_jsonl(path)
-
-
-def write_jsonl(path, rows):
-    """Write rows (dicts) as JSONL atomically: a temporary file in the same folder, renamed over
-    path, so an interrupted run never leaves a half-written file that looks complete."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def text(record, field, path, where):
-    """record[field] as a non-empty string; a list of strings (an older s1K-1.1 revision) is joined."""
-    if field not in record:
-        raise DataError(path, where, field, "missing")
-    value = record[field]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        value = "\n".join(value)
-    if not isinstance(value, str):
-        raise DataError(path, where, field, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(path, where, field, "is empty")
-    return value.strip()
-
-
-def records(path):
-    """iter_records, refusing anything that is not a JSON object, and an empty input."""
-    n = 0
-    for where, record in iter_records(path):
-        if not isinstance(record, dict):
-            raise DataError(path, where, None, f"expected a JSON object, got {type(record).__name__}")
-        n += 1
-        yield where, record
-    if not n:
-        raise DataError(path, None, None, "no records (the file is empty)")
 
 
 def last_boxed(s):
@@ -242,13 +148,6 @@ def dapo_question(content):
     return content.strip()
 
 
-def scalar(value, kinds=(str, int)):
-    """value as a stripped string when it is one of kinds (never a bool) and not blank, else None."""
-    if isinstance(value, bool) or not isinstance(value, kinds) or not str(value).strip():
-        return None
-    return str(value).strip()
-
-
 def convert_dapo(path, out):
     rows, n = [], 0
     first, ids = {}, {}  # question -> (where, answer) of its first occurrence; id -> where
@@ -287,44 +186,3 @@ def convert_dapo(path, out):
     write_jsonl(out, rows)
     print(f"dapo: {n} records, {len(rows)} distinct questions ({n - len(rows)} repeats dropped) -> {out}")
     return rows
-
-
-def main(argv=None):
-    from data.convert_code import convert_code  # imported here: convert_code imports this module
-
-    ap = argparse.ArgumentParser(prog="python -m data.convert", description=__doc__.split("\n\n")[0].strip())
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("s1k", help="simplescaling/s1K-1.1 -> multi-trace JSONL (DeepSeek-R1, Gemini traces)")
-    p.add_argument("input", help="s1K-1.1 as .parquet, .json or .jsonl")
-    p.add_argument("output", help="multi-trace .jsonl to write")
-    p.add_argument("--drop-reserved", action="store_true",
-                   help="drop a trace holding a tag or chat-template string instead of failing")
-    p = sub.add_parser("merge", help="append more teachers' traces to a multi-trace JSONL, matched by question")
-    p.add_argument("files", nargs="+", metavar="FILE", help="BASE.jsonl EXTRA.jsonl... OUT.jsonl")
-    p.add_argument("--by", choices=("id", "question"), default="id",
-                   help="match on the id, or on the question text with whitespace collapsed (default: id)")
-    p.add_argument("--allow-unmatched", action="store_true", help="drop extra questions that match nothing")
-    p = sub.add_parser("dapo", help="BytedTsinghua-SIA/DAPO-Math-17k -> math prompts (deduplicated)")
-    p.add_argument("input", help="DAPO-Math-17k as .parquet, .json or .jsonl")
-    p.add_argument("output", help="prompt .jsonl to write")
-    p = sub.add_parser("code", help="LiveCodeBench code_generation_lite or INTELLECT-2 RL data -> code prompts")
-    p.add_argument("input", help=".jsonl, .json or .parquet")
-    p.add_argument("output", help="prompt .jsonl to write")
-    args = ap.parse_args(argv)
-    try:
-        if args.command == "s1k":
-            convert_s1k(args.input, args.output, args.drop_reserved)
-        elif args.command == "merge":
-            if len(args.files) < 3:
-                ap.error("merge needs BASE.jsonl, at least one EXTRA.jsonl and OUT.jsonl")
-            merge_traces(args.files[0], args.files[1:-1], args.files[-1], args.by, args.allow_unmatched)
-        elif args.command == "dapo":
-            convert_dapo(args.input, args.output)
-        else:
-            convert_code(args.input, args.output)
-    except DataError as e:
-        sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    main()

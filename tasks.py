@@ -1,0 +1,133 @@
+"""
+What a benchmark is, for the evaluator (eval.py) and the RL trainer (gfpo.py) alike: its questions,
+its system prompt, the answer budget, how a response is graded and, where the task knows them, which
+strategy a response follows. Grading lives here and only here: GFPO's reward of a rollout and every
+accuracy of the evaluation are `task.grade`.
+
+    task.name                 the benchmark's key, e.g. "aime24" (metrics.py: its official protocol)
+    task.questions[q]         the user turn of question q, instructions included
+    task.system               the system prompt
+    task.max_new              new tokens an answer may take
+    task.samples              S, samples per tag in the evaluation's tags run (the official count)
+    task.pass_samples         n, samples of <think1> (and of the model's own tag) for Pass@1 and Pass@k
+    task.grade(response, q)   whether the response answers question q right
+    task.extract(response)    what a majority vote compares: the final answer, None if there is none
+    task.right(answer, q)     whether an extracted answer is right; grade(r, q) == right(extract(r), q)
+    task.gold(q)              what a vote winner is compared with by ==; None where there is none (code)
+    task.strategies           the strategies that task.classify(response) tells apart ((): none)
+    task.classify(response)   the strategy of a response, or None
+
+Three tasks: the synthetic task of the demo (data/synthetic.py), math with gold answers graded by
+math-verify, and code with tests run in the sandbox (rewards.py). A JSONL file is read by the one
+loader of its format, data.load_prompts: math where a line has `answer`, code where it has `tests`.
+
+    python -m pytest -q test_tasks.py
+"""
+from pathlib import Path
+
+import metrics
+from data import DataError, load_prompts, synthetic
+from data.chat import SYSTEM
+from data.prompts import MATH_PROMPT
+
+
+class Task:
+    """The defaults of the interface: graded through extract and right, no strategies."""
+    strategies = ()
+    system = SYSTEM
+    max_new = 32768  # the official evaluation's generation length
+    samples, pass_samples = 4, metrics.PASS_N
+
+    def grade(self, response, q):
+        return self.right(self.extract(response), q)
+
+    def gold(self, q):
+        return None
+
+    def classify(self, response):
+        return None
+
+
+class SyntheticTask(Task):
+    """Questions of the demo task (sort a string of digits): answers are digit strings, and each
+    solution opens with the name of its strategy."""
+    name, strategies, system = "synthetic", tuple(synthetic.STRATEGIES), synthetic.SYSTEM
+    samples, pass_samples = 4, 8  # enough for the toy's tables in seconds
+
+    def __init__(self, examples):
+        self.questions, self.golds = [ex.question for ex in examples], [ex.answer for ex in examples]
+        self.max_new = 2 * max(len(t) for ex in examples for t in ex.traces)  # characters bound tokens
+
+    def extract(self, response):
+        return synthetic.extract_answer(response)
+
+    def right(self, answer, q):
+        return answer is not None and answer == self.golds[q]
+
+    def gold(self, q):
+        return self.golds[q]
+
+    def classify(self, response):
+        return synthetic.classify(response)
+
+
+class MathTask(Task):
+    """Math questions with gold answers, asked with the authors' math prompt and graded as the
+    official evaluation grades (rewards.py: math-verify extraction and comparison)."""
+
+    def __init__(self, prompts, name):
+        import rewards
+        self.rewards, self.name = rewards, name
+        self.questions = [MATH_PROMPT.format(question=p.question) for p in prompts]
+        self.answers = [p.answer for p in prompts]
+        self.samples = metrics.SAMPLES_PER_TAG.get(name, Task.samples)
+        self.golds = {}  # q -> the parsed gold, parsed when first needed: an RL prompt file holds thousands
+
+    def grade(self, response, q):  # one call to the grader, where extract + right would be two
+        return self.rewards.grade_math(response, self.answers[q])
+
+    def extract(self, response):
+        return self.rewards.extract_math(response)
+
+    def right(self, answer, q):
+        return answer is not None and self.rewards.math_equal(self.gold(q), answer)
+
+    def gold(self, q):
+        if q not in self.golds:
+            self.golds[q] = self.rewards.parse_gold(self.answers[q])
+        return self.golds[q]
+
+
+class CodeTask(Task):
+    """Programming problems with LiveCodeBench-style tests: a response is right when its last fenced
+    code block passes every test in the sandbox (rewards.py), as LiveCodeBench scores pass@1. A
+    response without a code block is wrong, never run."""
+    name = "code"
+
+    def __init__(self, prompts):
+        import rewards
+        self.rewards = rewards
+        self.questions = [p.question for p in prompts]
+        self.tests = [(p.tests, p.func_name) for p in prompts]
+
+    def extract(self, response):
+        return self.rewards.extract_code(response) or None
+
+    def right(self, answer, q):
+        return answer is not None and self.rewards.grade_code(answer, *self.tests[q]).passed
+
+
+def load_task(data, *, split="held_out", train_questions=synthetic.TRAIN_QUESTIONS,
+              held_out=synthetic.HELD_OUT):
+    """The task of --data: "synthetic" (its "train" or "held_out" questions, as data/synthetic.py
+    splits them) or a JSONL file of math or code prompts, one kind per file."""
+    if data == "synthetic":
+        train, rest = synthetic.split(train_questions, held_out)
+        return SyntheticTask(train if split == "train" else rest)
+    prompts = load_prompts(data)
+    kinds = {p.kind for p in prompts}
+    if len(kinds) > 1:
+        raise DataError(data, None, None, "mixes math and code prompts; use one kind per file")
+    if kinds == {"code"}:
+        return CodeTask(prompts)
+    return MathTask(prompts, metrics.benchmark_of(data) or Path(data).stem)

@@ -1,0 +1,93 @@
+"""
+tasks.py: the one interface of a benchmark. Each task's grade equals right(extract(.)) on
+responses right, wrong and without an answer; benchmark and prompt files are read by the one
+loader of the format (the real AIME and MATH-500 files, which name the question `problem`); a
+response without a code block is wrong without being run; a file mixing math and code is refused.
+
+    python -m pytest -q test_tasks.py
+"""
+import json
+
+import pytest
+
+import metrics
+from conftest import ROOT
+from data import DataError
+from data.prompts import MATH_PROMPT
+from data.synthetic import make_examples
+from tasks import CodeTask, MathTask, SyntheticTask, load_task
+
+SHARED = ROOT.parent / "shared" / "data"
+ADD = "```python\nclass Solution:\n    def add(self, a, b):\n        return a {} b\n```"
+
+
+def test_synthetic_task_grades_the_last_answer():
+    examples = make_examples(3, seed=5)
+    task = SyntheticTask(examples)
+    gold = examples[0].answer
+    for response, right in [(f"{task.strategies[0]} steps answer {gold}", True),
+                            (f"count answer {gold}0", False),
+                            (f"answer 1 then answer {gold}", True),  # the last answer counts
+                            (f"answer {gold} then answer 1", False),
+                            ("no answer at all", False), ("", False)]:
+        assert task.grade(response, 0) == right == task.right(task.extract(response), 0), response
+    assert task.classify(f"{task.strategies[2]} 1 2 3") == task.strategies[2] and task.classify("sorted: 1") is None
+    assert task.gold(0) == gold and task.samples == 4 and task.pass_samples == 8
+
+
+def test_synthetic_splits_are_disjoint_and_sized():
+    train = load_task("synthetic", split="train", train_questions=40, held_out=7)
+    held_out = load_task("synthetic", train_questions=40, held_out=7)
+    assert len(train.questions) == 40 and len(held_out.questions) == 7
+    assert not set(train.questions) & set(held_out.questions)
+
+
+@pytest.mark.skipif(not (SHARED / "aime24.jsonl").exists(), reason="needs ../shared/data")
+def test_math_tasks_read_the_benchmarks_and_name_their_protocol():
+    aime, math500 = load_task(SHARED / "aime24.jsonl"), load_task(SHARED / "math500.jsonl")
+    assert isinstance(aime, MathTask) and len(aime.questions) == 30 and len(math500.questions) == 500
+    assert (aime.name, math500.name) == ("aime24", "math500")
+    assert metrics.CONS32_VARIANT[aime.name] == "maj_sot" and metrics.CONS32_VARIANT[math500.name] == "maj_blocks"
+    assert (aime.samples, math500.samples, aime.pass_samples) == (11, 6, 32)  # the official counts
+    first = json.loads((SHARED / "aime24.jsonl").read_text().splitlines()[0])
+    assert aime.questions[0] == MATH_PROMPT.format(question=first["problem"])  # `problem`, in the authors' prompt
+    for response, right in [(r"Therefore, the final answer is: $\boxed{204}$. I hope it is correct", True),
+                            (r"\boxed{205}", False), ("no answer here", False), ("The answer is 204", True)]:
+        assert aime.grade(response, 0) == right == aime.right(aime.extract(response), 0), response
+    assert aime.extract("The answer is 070") == aime.extract(r"$\boxed{70}$") and aime.extract("nothing") is None
+
+
+def test_code_task_grades_by_execution(tmp_path):
+    path = tmp_path / "code.jsonl"
+    path.write_text(json.dumps({"question": "Add two numbers.", "func_name": "add", "tests": [
+        {"input": "1\n2", "output": "3", "testtype": "functional"}]}) + "\n")
+    task = load_task(path)
+    assert isinstance(task, CodeTask) and task.gold(0) is None and task.strategies == ()
+    for response, right in [(ADD.format("+"), True), (ADD.format("-"), False), ("no code", False)]:
+        assert task.grade(response, 0) == right == task.right(task.extract(response), 0), response
+    assert task.extract("no code") is None
+
+
+def test_a_response_without_code_is_never_run(tmp_path, monkeypatch):
+    task = CodeTask([])
+    task.tests = [([{"input": "", "output": "", "testtype": "stdin"}], None)]  # an empty program would pass
+    monkeypatch.setattr(task.rewards, "grade_code", lambda *a, **k: pytest.fail("ran a response without code"))
+    assert not task.grade("I would print nothing.", 0)
+
+
+@pytest.mark.parametrize("lines,message", [
+    ([{"question": "1+1?", "answer": "2"}, {"question": "f", "func_name": "f",
+                                             "tests": [{"input": "1", "output": "1", "testtype": "functional"}]}],
+     "mixes math and code prompts"),
+    ([{"problem": "1+1?"}], ":1: field 'answer': missing"),
+    ([{"answer": "2"}], ":1: field 'question': missing"),
+    ([{"problem": "  ", "answer": "2"}], ":1: field 'problem': must be a non-empty string"),
+    ([{"question": "1+1?", "answer": ""}], ":1: field 'answer': is empty"),
+    ([], "no prompts (the file is empty)"),
+])
+def test_bad_task_files_are_named(tmp_path, lines, message):
+    path = tmp_path / "bench.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(DataError) as e:
+        load_task(path)
+    assert str(e.value).startswith(str(path)) and message in str(e.value)
