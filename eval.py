@@ -72,9 +72,9 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
     # the tags run: S samples of every tag, texts[q][i][s]
     gen = sample(model, (Q, N, S), lambda q, i, s: (prompts.ids[q], prompts.slots[i], (seed, TAGS, q, i, s)),
                  **settings)
-    texts = [[[decode(ids) for ids in tag] for tag in question] for question in gen]
-    lengths = np.array([[[len(ids) for ids in tag] for tag in question] for question in gen])  # (Q, N, S)
-    answers = [[[task.extract(t) for t in tag] for tag in question] for question in texts]
+    texts = [[[decode(ids) for ids in tag] for tag in by_tag] for by_tag in gen]
+    lengths = np.array([[[len(ids) for ids in tag] for tag in by_tag] for by_tag in gen])  # (Q, N, S)
+    answers = [[[task.extract(t) for t in tag] for tag in by_tag] for by_tag in texts]
     ok = np.array([[[task.right(a, q) for a in tag] for tag in answers[q]] for q in range(Q)])  # (Q, N, S)
     cons_fn = metrics.CONS32_FN[metrics.CONS32_VARIANT.get(task.name, "maj_sot")]
     ks = sorted({k for k in (N, N * S, 32) if k <= N * S})
@@ -112,8 +112,8 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
     if greedy:
         gen = sample(model, (Q, N), lambda q, i: (prompts.ids[q], prompts.slots[i], (seed, GREEDY, q, i, 0)),
                      **{**settings, "temperature": 0.0})
-        g_texts = [[decode(ids) for ids in question] for question in gen]  # g_texts[q][i]
-        g_ans = [[task.extract(t) for t in question] for question in g_texts]
+        g_texts = [[decode(ids) for ids in by_tag] for by_tag in gen]  # g_texts[q][i]
+        g_ans = [[task.extract(t) for t in by_tag] for by_tag in g_texts]
         g_ok = np.array([[task.right(a, q) for a in g_ans[q]] for q in range(Q)])  # (Q, N)
         report["greedy_cons@N"] = float(np.mean([task.right(metrics.vote(g_ans[q]), q) for q in range(Q)]))
         report["greedy_oracle"] = float(g_ok.any(1).mean())
@@ -128,17 +128,17 @@ def strategy_report(task, texts, greedy_texts=None):
     """The tags x strategies tables, purity and distinct strategies per question, of the tags run's
     texts[q][i][s] (and of the greedy run's greedy_texts[q][i])."""
     names = list(task.strategies)
-    strat = [[[task.classify(t) for t in tag] for tag in question] for question in texts]  # (Q, N, S)
-    tags = [i for question in strat for i, tag in enumerate(question) for _ in tag]
-    flat = [x for question in strat for tag in question for x in tag]
+    strat = [[[task.classify(t) for t in tag] for tag in by_tag] for by_tag in texts]  # (Q, N, S)
+    tags = [i for by_tag in strat for i, tag in enumerate(by_tag) for _ in tag]
+    flat = [x for by_tag in strat for tag in by_tag for x in tag]
     S = len(strat[0][0])
     out = {"strategies": names, "purity": metrics.purity(tags, flat),
-           "distinct_sampled": metrics.distinct([[tag[s] for tag in question] for question in strat for s in range(S)]),
+           "distinct_sampled": metrics.distinct([[tag[s] for tag in by_tag] for by_tag in strat for s in range(S)]),
            "table": metrics.strategy_table(tags, flat, len(strat[0]), names)}
     if greedy_texts is not None:
-        g_strat = [[task.classify(t) for t in question] for question in greedy_texts]  # (Q, N)
-        g_tags = [i for question in g_strat for i in range(len(question))]
-        g_flat = [x for question in g_strat for x in question]
+        g_strat = [[task.classify(t) for t in by_tag] for by_tag in greedy_texts]  # (Q, N)
+        g_tags = [i for by_tag in g_strat for i in range(len(by_tag))]
+        g_flat = [x for by_tag in g_strat for x in by_tag]
         out.update({"purity_greedy": metrics.purity(g_tags, g_flat), "distinct": metrics.distinct(g_strat),
                     "table_greedy": metrics.strategy_table(g_tags, g_flat, len(g_strat[0]), names)})
     return out

@@ -109,7 +109,7 @@ def grpo_objective(nll, mask, *, logp_old, adv, clip_low, clip_high, tokens):
 @dataclass
 class Rollouts:
     """One step's rollouts on this rank: B prompts x G, every field indexed [b][g] or (B, G)."""
-    questions: list  # (B,) the question index of each prompt (into the task)
+    qs: list  # (B,) the question index of each prompt (into the task)
     forks: torch.Tensor  # (B, G) the tag drawn at the forking token (0 with a shared tag)
     logp_old: torch.Tensor  # (B, G) log pi_old(fork | x) of the policy that sampled
     tag_ids: list  # [b][g] the ids of the forced tag
@@ -123,27 +123,27 @@ class Rollouts:
 
 
 @torch.no_grad()
-def rollouts(model, ref, data, questions, cfg, world, step):
-    """Steps 1 and 2 for this rank's prompts `questions`: G rollouts each, their rewards and advantages."""
-    B, G, prompts = len(questions), cfg.group, data.prompts
+def rollouts(model, ref, data, qs, cfg, world, step):
+    """Steps 1 and 2 for this rank's questions qs: G rollouts each, their rewards and advantages."""
+    B, G, prompts = len(qs), cfg.group, data.prompts
     logits = ref_logits = None
     forks, logp_old = torch.zeros(B, G, dtype=torch.long), torch.zeros(B, G)
     with gathered(model):
         if prompts.tags is not None:  # (a shared-tag model has no fork to draw)
-            logits = fork_logits(model, prompts, questions, cfg.micro_tokens, world)  # (B, V), row b = questions[b]
-            ref_logits = fork_logits(ref, prompts, questions, cfg.micro_tokens, world) if ref is not None else None
+            logits = fork_logits(model, prompts, qs, cfg.micro_tokens, world)  # (B, V), row b = qs[b]
+            ref_logits = fork_logits(ref, prompts, qs, cfg.micro_tokens, world) if ref is not None else None
             log_pi = fork_policy(logits, prompts.tags, cfg.temperature)  # (B, N)
-            forks = draw_forks(log_pi, [[(cfg.seed, step, q, g, 0) for g in range(G)] for q in questions])
+            forks = draw_forks(log_pi, [[(cfg.seed, step, q, g, 0) for g in range(G)] for q in qs])
             logp_old = log_pi.gather(1, forks.to(log_pi.device))
         tag_ids = [[prompts.slots[int(f)] for f in row] for row in forks]
-        generated = sample(model, (B, G), lambda b, g: (prompts.ids[questions[b]], tag_ids[b][g],
-                                                        (cfg.seed, step, questions[b], g, 1)),
+        generated = sample(model, (B, G), lambda b, g: (prompts.ids[qs[b]], tag_ids[b][g],
+                                                        (cfg.seed, step, qs[b], g, 1)),
                            temperature=cfg.temperature, top_p=cfg.top_p, max_new=data.max_new, stop=prompts.stop,
                            batch=cfg.sample_batch)
     rewards = np.array([[data.task.grade(data.tok.decode(ids, skip_special_tokens=True), q) for ids in row]
-                        for q, row in zip(questions, generated)], dtype=np.float64)
+                        for q, row in zip(qs, generated)], dtype=np.float64)
     adv, kept = advantages(rewards)
-    ro = Rollouts(questions, forks, logp_old, tag_ids, generated, rewards, adv, kept, logits, ref_logits)
+    ro = Rollouts(qs, forks, logp_old, tag_ids, generated, rewards, adv, kept, logits, ref_logits)
     if cfg.mode == "grpo" and cfg.epochs > 1:  # reused rollouts need pi_old per token (one epoch: rho = 1)
         ro.token_logp_old = token_logp(model, grpo_rows(ro, data, cfg.max_len), cfg, world, prompts.pad_id)
     return ro
@@ -152,9 +152,9 @@ def rollouts(model, ref, data, questions, cfg, world, step):
 def gfpo_update(model, ro, data, cfg, world):
     """The gradients of L for these rollouts: one row per prompt, its prompt and tag up to the
     forking token, forward and backward. Returns L and its KL term over the global batch."""
-    kept_rollouts, prompts = world.sum(int(ro.kept.sum()) * cfg.group), world.sum(len(ro.questions))
+    kept_rollouts, prompts = world.sum(int(ro.kept.sum()) * cfg.group), world.sum(len(ro.qs))
     dev, L, kl = world.device, 0.0, 0.0
-    before_fork = [data.prompts.before_fork(q) for q in ro.questions]
+    before_fork = [data.prompts.before_fork(q) for q in ro.qs]
     for micro, logits in last_logits(model, before_fork, cfg.micro_tokens, world, data.prompts.pad_id):
         loss, _, kl_sum = gfpo_objective(
             logits, forks=ro.forks[micro].to(dev), logp_old=ro.logp_old[micro].to(dev),
@@ -172,7 +172,7 @@ def grpo_rows(ro, data, max_len):
     tokens only: the forking token (sampled) and the answer, not the prompt nor the forced rest of
     the tag (with a shared tag: the answer alone)."""
     fork, rows = data.prompts.tags.fork if data.prompts.tags else None, []
-    for q, tags, gens in zip(ro.questions, ro.tag_ids, ro.generated):
+    for q, tags, gens in zip(ro.qs, ro.tag_ids, ro.generated):
         prompt = data.prompts.ids[q]
         for tag, gen in zip(tags, gens):
             full = prompt + tag + gen
@@ -303,10 +303,10 @@ def train(cfg, given):
     try:
         for step in range(run.start, cfg.steps):
             t0 = time.time()
-            questions = step_items(len(data.task.questions), cfg.batch, cfg.seed, step, world)  # this rank's
+            qs = step_items(len(data.task.questions), cfg.batch, cfg.seed, step, world)  # this rank's questions
             # 1-2. rollouts, the fork drawn from the N tags, with their rewards and advantages
             model.eval()
-            ro = rollouts(model, ref, data, questions, cfg, world, step)
+            ro = rollouts(model, ref, data, qs, cfg, world, step)
             t_rollout = time.time() - t0
             # 3. the update(s), at the forking token (gfpo) or at every generated token (grpo)
             model.train()

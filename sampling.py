@@ -81,9 +81,9 @@ def _nest(flat, shape):
 
 
 @torch.no_grad()
-def fork_logits(model, prompts, questions, budget, world):
-    """Logits (B, V) fp32 of the forking token of each of `questions` (indices into prompts)."""
-    return logits_in_order(model, [prompts.before_fork(q) for q in questions], budget, world, prompts.pad_id)
+def fork_logits(model, prompts, qs, budget, world):
+    """Logits (B, V) fp32 of the forking token of each question in qs (indices into prompts)."""
+    return logits_in_order(model, [prompts.before_fork(q) for q in qs], budget, world, prompts.pad_id)
 
 
 def fork_policy(logits, tags, temperature):

@@ -143,8 +143,8 @@ class TrainingSet:
         self.examples = examples
         self.encoded = [encode_example(self.tok, ex, system) for ex in examples]
         if cfg.mode == "mixed":  # one tag, nothing before its "fork": the grid scores it after the prompt
-            shared = encode(self.tok, tag_text(None))
-            self.tags = Tags([shared], fork=0, fork_ids=shared[:1])
+            think = encode(self.tok, tag_text(None))
+            self.tags = Tags([think], fork=0, fork_ids=think[:1])
         else:
             try:
                 self.tags = forking_tags(self.tok, cfg.num_tags)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gfpo  # noqa: E402
 from distributed import World  # noqa: E402
 from model import Qwen2  # noqa: E402
-from run import model_dir, parse_flags  # noqa: E402
+from flags import model_dir, parse_flags  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -63,7 +63,7 @@ def main():
         step()  # warm-up
         seconds[f"{mode}_update"] = timed(step, a.repeats)
         seconds[f"{mode}_tokens"] = sum(len(ids) for ids, _ in gfpo.grpo_rows(ro, data, cfg.max_len)) \
-            if mode == "grpo" else sum(len(data.prompts.before_fork(q)) for q in ro.questions)
+            if mode == "grpo" else sum(len(data.prompts.before_fork(q)) for q in ro.qs)
     ratio = seconds["gfpo_update"] / seconds["grpo_update"]
     step = {m: seconds["rollouts_and_rewards"] + seconds[f"{m}_update"] for m in ("gfpo", "grpo")}
     print(f"{a.batch} prompts x {a.group} rollouts, {torch.get_num_threads()} threads")

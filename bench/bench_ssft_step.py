@@ -4,7 +4,8 @@ The cost of SSFT's matching, measured in one process: seconds per step of
                  then the N*M continuations tag[fork:] + trace[:L] attending to its cached keys and
                  values), the matching (ssft.assign), the update on the M matched sequences
                  (ssft.set_loss), gradient clipping and AdamW: what `python ssft.py` does;
-    mixed        the same update on the same M sequences under the one shared tag (no grid);
+    mixed        the same update on the same M sequences under the one shared tag, no grid: plain
+                 SFT (`ssft.py --mode mixed` also scores its 1 x M grid for the log, 1/N of SSFT's);
     unshared     ssft with the unoptimised grid: every one of the N*M rows prompt + tag + trace[:L]
                  run in full (batches.forward_rows), the question computed N*M times.
 The two grids must give the same costs (the largest difference is printed and checked). Steps
@@ -55,16 +56,16 @@ SMALL = dict(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidde
 def unshared_grid(model, *, questions, tags, L, budget, world, pad_id):
     """ssft.cost_grid without prefix sharing: each of the N*M rows prompt + tag + trace[:L] in full."""
     rows, where = [], []
-    for k, q in enumerate(questions):
+    for k, enc in enumerate(questions):
         for i, tag in enumerate(tags.ids):
-            for j, trace in enumerate(q.traces):
-                ids = q.prompt + tag + trace[:L]
-                targets = [IGNORE_INDEX] * (len(q.prompt) + len(tag) - 1) + trace[:L]  # loss on the trace only
+            for j, trace in enumerate(enc.traces):
+                ids = enc.prompt + tag + trace[:L]
+                targets = [IGNORE_INDEX] * (len(enc.prompt) + len(tag) - 1) + trace[:L]  # loss on the trace only
                 rows.append((ids[:-1], targets))
                 where.append((k, i, j))
-    C = [np.zeros((len(tags.ids), len(q.traces))) for q in questions]
-    for g, nll, n in forward_rows(model, rows, budget, world, pad_id):
-        for r, s, c in zip(g, nll.tolist(), n.tolist()):
+    C = [np.zeros((len(tags.ids), len(enc.traces))) for enc in questions]
+    for micro, nll, n in forward_rows(model, rows, budget, world, pad_id):
+        for r, s, c in zip(micro, nll.tolist(), n.tolist()):
             k, i, j = where[r]
             C[k][i, j] = s / c
     return C
@@ -78,8 +79,8 @@ def step(mode, model, opt, questions, tags, shared, L, budget, max_len, world, p
         grid = ssft.cost_grid if mode == "ssft" else unshared_grid
         C = grid(model, questions=questions, tags=tags, L=L, budget=budget, world=world, pad_id=pad_id)
         sigmas = [ssft.assign(c, mode="ssft", rng=None) for c in C]
-    rows = [sequence(q.prompt, shared if sigma is None else tags.ids[sigma[j]], trace, max_len)
-            for q, sigma in zip(questions, sigmas) for j, trace in enumerate(q.traces)]
+    rows = [sequence(enc.prompt, shared if sigma is None else tags.ids[sigma[j]], trace, max_len)
+            for enc, sigma in zip(questions, sigmas) for j, trace in enumerate(enc.traces)]
     model.train()
     ssft.set_loss(model, rows=rows, budget=budget, world=world, pad_id=pad_id)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -115,13 +116,13 @@ def flops(config, questions, n_tags, L):
     per_token = 2 * layers * (2 * d * d + 2 * d * kv + 3 * d * config.intermediate_size)
     attn = lambda n, ctx: 4 * d * layers * (n * ctx + n * (n + 1) / 2)  # noqa: E731  n queries after ctx keys
     grid = update = 0.0
-    for q in questions:
-        P = len(q.prompt) + 1
+    for enc in questions:
+        P = len(enc.prompt) + 1
         grid += P * per_token + attn(P, 0)
-        for t in q.traces:
+        for t in enc.traces:
             n = min(L, len(t)) + 2
             grid += n_tags * (n * (per_token + 2 * d * V) + attn(n, P))
-            T = len(q.prompt) + 3 + len(t)
+            T = len(enc.prompt) + 3 + len(t)
             update += T * per_token + len(t) * 2 * d * V + attn(T, 0)
     return grid, 3 * update  # backward: twice the forward (activation checkpointing: once more)
 
@@ -151,7 +152,7 @@ def measure(name, args, world):
     ratio = {m: statistics.median(a / b for a, b in zip(seconds[m], seconds["mixed"])) for m in ("ssft", "unshared")}
     grid, update = flops(config, questions, len(tags.ids), shape["L"])
     big_grid, big_update = flops(Config.preset("qwen2.5-32b"), questions, len(tags.ids), shape["L"])
-    lengths = sorted(len(t) for q in questions for t in q.traces)
+    lengths = sorted(len(t) for enc in questions for t in enc.traces)
     result = {"shape": name, "device": str(world.device), "threads": torch.get_num_threads(),
               "model": {k: getattr(config, k) for k in SMALL}, "questions": len(questions),
               "traces": f"{len(lengths)} of {lengths[0]}..{lengths[-1]} tokens", "tags": len(tags.ids), "L": shape["L"],
