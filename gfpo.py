@@ -84,14 +84,14 @@ def gfpo_objective(logits, *, forks, logp_old, adv, tags, temperature, clip_low,
     """The share of L (the docstring's) of a micro-batch of B prompts, normalised by the global
     batch's kept_rollouts and prompts: logits (B, V) at the forking token, with gradients; forks,
     logp_old, adv (B, G), adv 0 for dropped groups; ref_logits (B, V) of pi_ref when beta > 0.
-    Returns (L's share, its policy-gradient sum, its KL sum), the sums detached for the log."""
+    Returns L's share and, detached for the log, the sum over these prompts of the KL."""
     logp = fork_policy(logits, tags, temperature).gather(1, forks)  # (B, G) log pi_theta(f_g | x)
     pg = -clipped(logp, logp_old, adv, clip_low, clip_high).sum()
     kl = logits.new_zeros(())
     if beta:
         logq, logr = torch.log_softmax(logits, -1), torch.log_softmax(ref_logits, -1)  # (B, V)
         kl = (logq.exp() * (logq - logr)).sum()  # exact KL(pi_theta || pi_ref), summed over prompts
-    return pg / max(kept_rollouts, 1) + beta * kl / prompts, pg.detach(), kl.detach()
+    return pg / max(kept_rollouts, 1) + beta * kl / prompts, kl.detach()
 
 
 def grpo_objective(nll, mask, *, logp_old, adv, clip_low, clip_high, tokens):
@@ -136,10 +136,12 @@ def rollouts(model, ref, data, qs, cfg, world, step):
             forks = draw_forks(log_pi, [[(cfg.seed, step, q, g, 0) for g in range(G)] for q in qs])
             logp_old = log_pi.gather(1, forks.to(log_pi.device))
         tag_ids = [[prompts.slots[int(f)] for f in row] for row in forks]
-        generated = sample(model, (B, G), lambda b, g: (prompts.ids[qs[b]], tag_ids[b][g],
-                                                        (cfg.seed, step, qs[b], g, 1)),
-                           temperature=cfg.temperature, top_p=cfg.top_p, max_new=data.max_new, stop=prompts.stop,
-                           batch=cfg.sample_batch)
+
+        def job(b, g):  # rollout g of prompt b: the prompt, the forced tag, the seed
+            return prompts.ids[qs[b]], tag_ids[b][g], (cfg.seed, step, qs[b], g, 1)
+
+        generated = sample(model, (B, G), job, temperature=cfg.temperature, top_p=cfg.top_p, max_new=data.max_new,
+                           stop=prompts.stop, batch=cfg.sample_batch)
     rewards = np.array([[data.task.grade(data.tok.decode(ids, skip_special_tokens=True), q) for ids in row]
                         for q, row in zip(qs, generated)], dtype=np.float64)
     adv, kept = advantages(rewards)
@@ -156,7 +158,7 @@ def gfpo_update(model, ro, data, cfg, world):
     dev, L, kl = world.device, 0.0, 0.0
     before_fork = [data.prompts.before_fork(q) for q in ro.qs]
     for micro, logits in last_logits(model, before_fork, cfg.micro_tokens, world, data.prompts.pad_id):
-        loss, _, kl_sum = gfpo_objective(
+        loss, kl_sum = gfpo_objective(
             logits, forks=ro.forks[micro].to(dev), logp_old=ro.logp_old[micro].to(dev),
             adv=torch.as_tensor(ro.advantages[micro], dtype=torch.float32, device=dev), tags=data.prompts.tags,
             temperature=cfg.temperature, clip_low=cfg.clip_low, clip_high=cfg.clip_high,

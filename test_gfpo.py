@@ -53,27 +53,26 @@ def test_gfpo_objective_by_hand_with_the_clip():
     logits[0, tags.fork_ids] = torch.tensor([0.0, math.log(2), math.log(5)])  # restricted at T=1: 1/8, 2/8, 5/8
     logp_old = torch.log(torch.tensor([[0.25, 0.25, 0.5]]))  # the policy that sampled
     forks, adv = torch.tensor([[0, 1, 2]]), torch.tensor([[1.0, -1.0, 1.0]])
-    L, pg, kl = gfpo.gfpo_objective(logits, forks=forks, logp_old=logp_old, adv=adv, tags=tags, temperature=1.0,
-                                    clip_low=0.2, clip_high=0.1, kept_rollouts=6, prompts=2)
+    L, kl = gfpo.gfpo_objective(logits, forks=forks, logp_old=logp_old, adv=adv, tags=tags, temperature=1.0,
+                                clip_low=0.2, clip_high=0.1, kept_rollouts=6, prompts=2)
     # ratios 0.5, 1.0, 1.25: min(rho A, clip(rho) A) = 0.5 (A>0, below the clip: not clipped), -1.0,
     # and min(1.25, 1.1) = 1.1 (clipped above); L divides by the global batch's 6 kept rollouts
-    assert pg.item() == pytest.approx(-(0.5 - 1.0 + 1.1), rel=1e-6) and kl.item() == 0.0
-    assert L.item() == pytest.approx(-(0.5 - 1.0 + 1.1) / 6, rel=1e-6)
+    assert L.item() == pytest.approx(-(0.5 - 1.0 + 1.1) / 6, rel=1e-6) and kl.item() == 0.0
 
 
 def test_exact_kl_at_the_fork_weighted_by_beta():
     torch.manual_seed(0)
     logits, ref = torch.randn(3, 50), torch.randn(3, 50)
     tags = forking_tags(tokenizer_for(make_examples(50, seed=0)), 3)
-    L, pg, kl = gfpo.gfpo_objective(logits, forks=torch.zeros(3, 1, dtype=torch.long), logp_old=torch.zeros(3, 1),
-                                    adv=torch.zeros(3, 1), tags=tags, temperature=1.0, clip_low=0.2, clip_high=0.2,
-                                    kept_rollouts=3, prompts=4, beta=0.1, ref_logits=ref)
+    L, kl = gfpo.gfpo_objective(logits, forks=torch.zeros(3, 1, dtype=torch.long), logp_old=torch.zeros(3, 1),
+                                adv=torch.zeros(3, 1), tags=tags, temperature=1.0, clip_low=0.2, clip_high=0.2,
+                                kept_rollouts=3, prompts=4, beta=0.1, ref_logits=ref)
     p, q = torch.softmax(logits.double(), -1), torch.softmax(ref.double(), -1)
     direct = sum(float((p[b] * (p[b] / q[b]).log()).sum()) for b in range(3))
     assert kl.item() == pytest.approx(direct, rel=1e-5)
     torch_kl = torch.nn.functional.kl_div(q.log(), p, reduction="sum").item()  # KL(p || q), its own way
     assert kl.item() == pytest.approx(torch_kl, rel=1e-5)
-    assert pg.item() == 0.0 and L.item() == pytest.approx(0.1 * direct / 4, rel=1e-5)  # beta * mean over 4 prompts
+    assert L.item() == pytest.approx(0.1 * direct / 4, rel=1e-5)  # A = 0: L is beta x the KL's mean over 4 prompts
 
 
 def test_grpo_objective_by_hand():
@@ -168,6 +167,15 @@ def test_two_gloo_ranks_equal_one_process(ssft_run, tmp_path):
         assert a["reward"] == b["reward"] and a["accuracy_per_tag"] == b["accuracy_per_tag"]  # the same rollouts
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["tag_distribution"]["mean"] == pytest.approx(b["tag_distribution"]["mean"], abs=1e-6)
+
+
+def test_beta_weighs_the_exact_kl_to_the_initial_model(ssft_run, tmp_path):
+    """--beta > 0 end to end: the reference model's fork logits reach the objective; the KL is 0 at
+    the first step (the policy is the reference) and positive once the policy has moved."""
+    gfpo.train(*parse_flags(gfpo.GFPOConfig, ["--model", str(ssft_run), *SMALL, "--beta", "0.5", "--lr", "1e-3",
+                                              "--out", str(tmp_path / "beta")]))
+    kl = read_metrics(tmp_path / "beta", "kl")
+    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[-1] > 1e-6
 
 
 def test_resume_continues_exactly(ssft_run, tmp_path):
