@@ -6,14 +6,19 @@ Training checkpoints (sharded, atomic, resumable on any number of ranks) and the
   its own shard (`__{rank}_0.distcp`), rank 0 the `.metadata`; DCP reshards on load, so a run
   saved by 2 ranks resumes on 1 or on 4, and no rank ever gathers the full model or optimizer;
 - config.json and tokenizer.json, so that the checkpoint exports on its own;
-- trainer_state.json (the step, the run's configuration, the trainer's own state), written last:
-  a directory without it is incomplete.
+- trainer_state.json (the step, the run's configuration, the trainer's own state);
+- checksums.json, written last: the size and CRC-32 of every other file (each rank sums the shard
+  it wrote). A directory without it is incomplete (or, with a trainer state that names no
+  checksums, written before checkpoints carried them: used, with a warning that it is unchecked).
+
+Every use of a checkpoint (resume, the export) first reads each file against its checksum
+(`verify`, integrity.py), and the export holds the run directory while it reads (integrity.hold).
 
 It is written as `out/checkpoint.tmp` and swapped in by renames (checkpoint -> checkpoint.old,
 tmp -> checkpoint, then old deleted). `recover(out)` repairs a swap cut at any instant: of the
 complete directories it keeps the one with the highest step as `out/checkpoint` and deletes the
-others, each deletion starting with its trainer_state.json so that a half-deleted directory never
-looks complete. A save that fails (a full disk) deletes its partial directory and raises
+others, each deletion starting with its checksums.json and trainer_state.json so that a
+half-deleted directory never looks complete. A save that fails (a full disk) deletes its partial directory and raises
 SaveError naming the path; the previous checkpoint stays as it was.
 
 `out/model/` is a Hugging Face model directory (bf16 unless asked otherwise; what transformers and
@@ -26,7 +31,6 @@ below makes the same from any training checkpoint, reading one tensor at a time:
 import argparse
 import contextlib
 import json
-import os
 import resource
 import shutil
 import sys
@@ -39,9 +43,11 @@ from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
+import integrity
+from integrity import MANIFEST, Damaged, checksums, write_checksums
 from model import Config, Qwen2
 
-STATE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+STATE = "trainer_state.json"
 
 
 @contextlib.contextmanager
@@ -66,24 +72,32 @@ def read_state(ckpt):
 
 
 def _step(ckpt):
+    """The step of a complete checkpoint directory, else None."""
     try:
-        return read_state(ckpt)["step"]
+        state = read_state(ckpt)
+        return state["step"] if (ckpt / MANIFEST).exists() or "checksums" not in state else None
     except (ValueError, KeyError, TypeError):
-        return None  # incomplete or damaged: never chosen
+        return None
 
 
 def _delete(path):
-    (path / STATE).unlink(missing_ok=True)  # first, so that what is left cannot pass for complete
+    for marker in (MANIFEST, STATE):  # first, so that what is left cannot pass for complete
+        (path / marker).unlink(missing_ok=True)
     shutil.rmtree(path, ignore_errors=True)
 
 
 def recover(out):
     """Make out/checkpoint the newest complete checkpoint and delete the others (rank 0 only).
-    Returns its path, or None if there is none."""
+    Returns its path, or None if there is none. out/checkpoint itself is only ever renamed into
+    place whole, so it is never deleted here for looking incomplete: if it was damaged since, the
+    one who uses it refuses it (verify), and nothing is lost."""
     out = Path(out)
     final = out / "checkpoint"
-    dirs = [d for d in (final, out / "checkpoint.tmp", out / "checkpoint.old") if d.is_dir()]
+    dirs = [d for d in (out / "checkpoint.tmp", out / "checkpoint.old") if d.is_dir()]
     complete = [(step, d) for d in dirs if (step := _step(d)) is not None]
+    if final.is_dir():
+        step = _step(final)
+        complete.append((float("inf") if step is None else step, final))
     if not complete:
         for d in dirs:
             _delete(d)
@@ -107,25 +121,29 @@ def save(out, model, opt, tokenizer, state, world):
     if world.main:
         recover(out)
     world.barrier()
-    error = None
+    error, sums = None, {}
     try:
         model_sd, optim_sd = get_state_dict(model, opt)
         with _quiet():
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp, no_dist=not world.group)
-        if world.main:
-            tokenizer.save(str(tmp / "tokenizer.json"))
-            (tmp / "config.json").write_text(json.dumps(model.config.to_json(torch.float32), indent=2))
-            with open(tmp / STATE, "w") as f:
-                json.dump(state, f)
-                f.flush()
-                os.fsync(f.fileno())  # the marker must not reach the disk before the data it vouches for
+        sums = checksums(tmp, [f.name for f in tmp.glob(f"__{world.rank}_*.distcp")])  # each rank its shard
     except (OSError, RuntimeError, CheckpointException) as e:  # DCP's is a BaseException
         error = f"could not write the checkpoint {tmp}: {_reason(e, out)}"
-    errors = [e for e in world.gather(error) if e]
-    if errors:
+    gathered = world.gather((error, sums))  # every rank's error, and the sums of the shard it wrote
+    error = next((e for e, _ in gathered if e), None)
+    if world.main and error is None:
+        try:
+            tokenizer.save(str(tmp / "tokenizer.json"))
+            (tmp / "config.json").write_text(json.dumps(model.config.to_json(torch.float32), indent=2))
+            (tmp / STATE).write_text(json.dumps({**state, "checksums": MANIFEST}))
+            write_checksums(tmp, {name: s for _, rank_sums in gathered for name, s in rank_sums.items()})
+        except (OSError, RuntimeError) as e:
+            error = f"could not write the checkpoint {tmp}: {_reason(e, out)}"
+    error = world.broadcast(error)
+    if error:
         if world.main:
             _delete(tmp)
-        raise SaveError(errors[0])
+        raise SaveError(error)
     if world.main:
         final, old = out / "checkpoint", out / "checkpoint.old"
         if final.exists():
@@ -150,6 +168,15 @@ def _reason(e, out):
     return words
 
 
+def verify(ckpt, world=None):
+    """integrity.verify of a checkpoint, where a trainer state that names checksums that are not
+    there also counts as damage. False for a checkpoint written before checksums existed."""
+    ckpt = Path(ckpt)
+    if not (ckpt / MANIFEST).exists() and (ckpt / STATE).exists() and "checksums" in read_state(ckpt):
+        raise Damaged(f"{ckpt / MANIFEST}: missing (the trainer state says it was written)")
+    return integrity.verify(ckpt, world)
+
+
 def load(ckpt, model, opt):
     """Fill model and optimizer from a checkpoint written at any rank count; return its state."""
     model_sd, optim_sd = get_state_dict(model, opt)
@@ -172,6 +199,7 @@ def export_hf(model, tokenizer, path, world, dtype=torch.bfloat16):
         with _replacing(Path(path)) as tmp:
             model.save_pretrained(tmp, tensors=gathered(), dtype=dtype)
             tokenizer.save(str(tmp / "tokenizer.json"))
+            write_checksums(tmp, {})
     else:
         for _ in gathered():
             pass
@@ -181,7 +209,8 @@ def export_hf(model, tokenizer, path, world, dtype=torch.bfloat16):
 def export_checkpoint(ckpt, path, dtype=torch.bfloat16):
     """A HF model directory from a training checkpoint, in one process, one tensor at a time."""
     ckpt, path = Path(ckpt), Path(path)
-    read_state(ckpt)  # refuse an incomplete checkpoint
+    if not verify(ckpt) and not (ckpt / STATE).exists():
+        raise Damaged(f"{ckpt}: not a complete checkpoint (it has neither {MANIFEST} nor {STATE})")
     with torch.device("meta"):
         model = Qwen2(Config.from_json(ckpt / "config.json"))
     meta = FileSystemReader(ckpt).read_metadata().state_dict_metadata
@@ -197,6 +226,7 @@ def export_checkpoint(ckpt, path, dtype=torch.bfloat16):
     with _replacing(path) as tmp:
         model.save_pretrained(tmp, tensors=tensors(), dtype=dtype)
         shutil.copy(ckpt / "tokenizer.json", tmp / "tokenizer.json")
+        write_checksums(tmp, {})
 
 
 @contextlib.contextmanager
@@ -219,8 +249,15 @@ def main(argv=None):
     e.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     a = p.parse_args(argv)
     try:
-        export_checkpoint(a.checkpoint, a.out, getattr(torch, a.dtype))
-    except (ValueError, OSError, KeyError) as err:
+        lock = integrity.hold(Path(a.checkpoint).parent)  # no run may swap the checkpoint while it is read
+        try:
+            export_checkpoint(a.checkpoint, a.out, getattr(torch, a.dtype))
+        finally:
+            if lock:
+                lock.close()
+    except Damaged as err:
+        sys.exit(f"error: {err}; this checkpoint cannot be exported: restore it from a copy")
+    except (ValueError, OSError, KeyError, integrity.Busy) as err:
         sys.exit(f"error: {err}")
     print(f"wrote {a.out}")
 

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+import integrity
 from model import Config, Qwen2, checkpoint_index, read_tensor
 
 # A rank that waits longer than this in a collective gives up (NCCL's default is 10 minutes; a
@@ -129,6 +130,8 @@ def _head(model):
 def build_model(world, source=None, config=None):
     """The model on every rank, from a HF checkpoint directory `source` or, if None, initialised
     from `config` (seed torch first: the same seed gives the same model at any rank count)."""
+    if source:
+        integrity.verify(source, world, integrity.MODEL_ADVICE)  # a run's model/ carries checksums: read them all
     if not world.group:  # one CPU process: a plain module in fp32
         return Qwen2.from_pretrained(source) if source else Qwen2(config)
     config = config or Config.from_json(Path(source) / "config.json")

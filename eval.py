@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import integrity
 import metrics
 from data import DataError, synthetic
 from data.tokenizer import load_tokenizer
@@ -197,6 +198,7 @@ def coverage_tag(metrics_path):
 def load(path):
     """A model (in the compute dtype) and its tokenizer from a HF model directory or a run directory."""
     path = model_dir(path)
+    integrity.verify(path, advice=integrity.MODEL_ADVICE)  # a run's model/ carries checksums: read them all
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Qwen2.from_pretrained(path, device, compute_dtype(device)), load_tokenizer(path)
 

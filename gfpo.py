@@ -282,53 +282,55 @@ class PromptSet:
 
 def train(cfg, given):
     world = setup_world()
-    run = Run(cfg, given, world)
-    cfg = run.cfg
-    if run.finished:
-        return cfg, run
-    if not model_dir(cfg.model).is_dir():
-        raise UserError(f"--model {cfg.model}: RL starts from a trained model (a run or HF directory), not a preset")
-    with user_input():
-        source = model_dir(cfg.model)
-        data = PromptSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer or source)
-        model = build_model(world, source)
-        ref = build_model(world, source).eval().requires_grad_(False) if cfg.beta else None
-        model.gradient_checkpointing = cfg.activation_checkpointing
-        opt = adamw(model, cfg.lr, cfg.weight_decay)
-        if run.state:
-            checkpoint.load(run.checkpoint, model, opt)
-    run.open_metrics()
-    if world.main:
-        print(f"{len(data.task.questions)} prompts, {cfg.batch} x {cfg.group} rollouts a step, {cfg.mode}")
-    update = gfpo_update if cfg.mode == "gfpo" else grpo_update
-    stop, progress = Stop(), Progress(cfg, run.start)
-    try:
-        for step in range(run.start, cfg.steps):
-            t0 = time.time()
-            qs = step_items(len(data.task.questions), cfg.batch, cfg.seed, step, world)  # this rank's questions
-            # 1-2. rollouts, the fork drawn from the N tags, with their rewards and advantages
-            model.eval()
-            ro = rollouts(model, ref, data, qs, cfg, world, step)
-            t_rollout = time.time() - t0
-            # 3. the update(s), at the forking token (gfpo) or at every generated token (grpo)
-            model.train()
-            for _ in range(cfg.epochs):
-                loss, kl = update(model, ro, data, cfg, world)
-                grad_norm = run.optimizer_step(model, opt, step, loss=loss)
-            # log the step, save every --save-every steps, leave when asked to
-            log = {"step": step + 1, "loss": loss, "kl": kl, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
-                   "rollout_seconds": t_rollout, "update_seconds": time.time() - t0 - t_rollout,
-                   **step_stats(world, ro, data.prompts.tags)}
-            run.log(log)
-            if world.main:
-                progress.show(step, f"reward {log['reward']:.3f} | zero-variance {log['zero_variance']:.0%} | "
-                                    f"loss {log['loss']:.4f} | rollouts {t_rollout:.1f}s")
-            if run.end_step(step, stop, lambda n: run.save(model, opt, data.tok, n, {})):
-                break
-        run.finish(model, data.tok)
-    finally:
-        stop.restore()
-        world.close()
+    with Run(cfg, given, world) as run:  # holds the run directory until the run ends
+        cfg = run.cfg
+        if run.finished:
+            return cfg, run
+        if not model_dir(cfg.model).is_dir():
+            raise UserError(f"--model {cfg.model}: RL starts from a trained model (a run or HF directory), "
+                            "not a preset")
+        with user_input():
+            source = model_dir(cfg.model)
+            data = PromptSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer or source)
+            model = build_model(world, source)
+            ref = build_model(world, source).eval().requires_grad_(False) if cfg.beta else None
+            model.gradient_checkpointing = cfg.activation_checkpointing
+            opt = adamw(model, cfg.lr, cfg.weight_decay)
+            if run.state:
+                checkpoint.load(run.checkpoint, model, opt)
+        run.open_metrics()
+        if world.main:
+            print(f"{len(data.task.questions)} prompts, {cfg.batch} x {cfg.group} rollouts a step, {cfg.mode}")
+        update = gfpo_update if cfg.mode == "gfpo" else grpo_update
+        stop, progress = Stop(), Progress(cfg, run.start)
+        try:
+            for step in range(run.start, cfg.steps):
+                t0 = time.time()
+                qs = step_items(len(data.task.questions), cfg.batch, cfg.seed, step, world)  # this rank's questions
+                # 1-2. rollouts, the fork drawn from the N tags, with their rewards and advantages
+                model.eval()
+                ro = rollouts(model, ref, data, qs, cfg, world, step)
+                t_rollout = time.time() - t0
+                # 3. the update(s), at the forking token (gfpo) or at every generated token (grpo)
+                model.train()
+                for _ in range(cfg.epochs):
+                    loss, kl = update(model, ro, data, cfg, world)
+                    grad_norm = run.optimizer_step(model, opt, step, loss=loss)
+                # log the step, save every --save-every steps, leave when asked to
+                log = {"step": step + 1, "loss": loss, "kl": kl, "lr": opt.param_groups[0]["lr"],
+                       "grad_norm": grad_norm, "rollout_seconds": t_rollout,
+                       "update_seconds": time.time() - t0 - t_rollout,
+                       **step_stats(world, ro, data.prompts.tags)}
+                run.log(log)
+                if world.main:
+                    progress.show(step, f"reward {log['reward']:.3f} | zero-variance {log['zero_variance']:.0%} | "
+                                        f"loss {log['loss']:.4f} | rollouts {t_rollout:.1f}s")
+                if run.end_step(step, stop, lambda n: run.save(model, opt, data.tok, n, {})):
+                    break
+            run.finish(model, data.tok)
+        finally:
+            stop.restore()
+            world.close()
     return cfg, run
 
 

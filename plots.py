@@ -68,7 +68,8 @@ def plot_run(out, report=None):
         hist = [[sum(r["tag_source"][s][t] for r in late) for s in names] for t in range(n_tags)]
         axes[2].imshow(hist, cmap="Blues", aspect="auto")
         axes[2].set_xticks(range(len(names)), names, rotation=30)
-        axes[2].set_yticks(range(len(hist)), [f"<think{t + 1}>" for t in range(len(hist))] if n_tags > 1 else ["<think>"])
+        labels = [f"<think{t + 1}>" for t in range(n_tags)] if n_tags > 1 else ["<think>"]  # mixed: one tag
+        axes[2].set_yticks(range(len(hist)), labels)
         axes[2].set_title(f"training matches, steps {late[0]['step']}-{late[-1]['step']}")
     axes[0].legend()
     fig.tight_layout()

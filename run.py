@@ -2,9 +2,10 @@
 What every training run shares, whatever its algorithm (ssft.py, gfpo.py):
 
 - the flags every trainer has (`RunConfig`; flags.py parses and checks them);
-- the run directory (`Run`): a new run, a resumed one (same settings, except the few that
-  `RESUMABLE` lists), refusal to overwrite an unfinished run, and metrics.jsonl, one JSON object a
-  step, cut back to the checkpoint's step on resume (a line cut short by a crash is dropped);
+- the run directory (`Run`), held by one run at a time (integrity.hold): a new run, a resumed one
+  (same settings, except the few that `RESUMABLE` lists, from a checkpoint whose every file
+  matches its checksum), refusal to overwrite an unfinished run, and metrics.jsonl, one JSON object
+  a step, cut back to the checkpoint's step on resume (a line cut short by a crash is dropped);
 - the data order (`step_items`), the learning-rate schedule (`lr_at`), AdamW with weight decay on
   matrices only (`adamw`);
 - stopping cleanly (`Stop`): SIGTERM, SIGUSR1 or Ctrl-C finish the current step, then every rank
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 import checkpoint
+import integrity
 from flags import UserError, arg, check_flags
 
 
@@ -77,19 +79,47 @@ PER_CALL = ("resume", "overwrite", "out", "stop_after")
 
 class Run:
     """A run and its directory: the checkpoint and metrics.jsonl, whether it is new, and what every
-    step does after its algorithm (the optimizer step, logging, saving, stopping)."""
+    step does after its algorithm (the optimizer step, logging, saving, stopping). Used as a
+    context (`with Run(...) as run:`), it holds the directory for the run (integrity.hold)."""
 
     def __init__(self, cfg, given, world):
         self.out = Path(cfg.out)
         self.world = world
-        ckpt = checkpoint.recover(self.out) if world.main and self.out.is_dir() else None
+        self.lock, self.held = None, world.broadcast(self.out.is_dir())  # a new directory: held once made
+        try:
+            if self.held:
+                self.lock = integrity.hold(self.out, world)
+            self._read(cfg, given)
+        except integrity.Busy as e:
+            raise UserError(str(e)) from None
+        except BaseException:
+            self.release()
+            raise
+        self.metrics = self.out / "metrics.jsonl"
+        self.signum = None  # the stop signal the run left on, if any
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def release(self):
+        if self.lock:
+            self.lock.close()
+            self.lock = None
+
+    def _read(self, cfg, given):
+        """The checkpoint in the directory, and the run it says this one is."""
+        world = self.world
+        ckpt = checkpoint.recover(self.out) if world.main and self.held else None
         ckpt = world.broadcast(str(ckpt) if ckpt else None)
         self.checkpoint = Path(ckpt) if ckpt else None
-        self.state = checkpoint.read_state(self.checkpoint) if self.checkpoint else None
         self.start = 0
         if cfg.resume:
-            if not self.state:
+            if not self.checkpoint:
                 raise UserError(f"--resume: no checkpoint in {self.out}")
+            self.state = self._verified_state()
             saved = self.state["config"]
             for name in sorted(given - set(RESUMABLE) - set(PER_CALL)):
                 if saved.get(name) != getattr(cfg, name):
@@ -104,13 +134,28 @@ class Run:
                       "pass --steps N to train longer")
         else:
             self.cfg = cfg
-            if self.state and self.state["step"] < self.state["config"]["steps"] and not cfg.overwrite:
-                raise UserError(f"{self.out} holds an unfinished run (step {self.state['step']} of "
-                                f"{self.state['config']['steps']}): pass --resume to continue it or "
+            try:
+                state = checkpoint.read_state(self.checkpoint) if self.checkpoint and not cfg.overwrite else None
+            except ValueError as e:
+                raise UserError(f"{self.out} holds a damaged checkpoint ({e}): pass --overwrite to discard "
+                                "it") from None
+            if state and state["step"] < state["config"]["steps"]:
+                raise UserError(f"{self.out} holds an unfinished run (step {state['step']} of "
+                                f"{state['config']['steps']}): pass --resume to continue it or "
                                 "--overwrite to discard it")
             self.state = self.checkpoint = self.saved_step = None  # replaced by this run's first save
-        self.metrics = self.out / "metrics.jsonl"
-        self.signum = None  # the stop signal the run left on, if any
+
+    def _verified_state(self):
+        """The trainer state of the checkpoint once every file of it matches its checksum."""
+        try:
+            if not checkpoint.verify(self.checkpoint, self.world) and self.world.main:
+                print(f"warning: {self.checkpoint} was written before checkpoints carried checksums: "
+                      "it is used unchecked", file=sys.stderr)
+            return checkpoint.read_state(self.checkpoint)
+        except ValueError as e:  # integrity.Damaged, or a trainer state that does not parse
+            raise UserError(f"{e}. This checkpoint cannot be used, and no earlier one is kept (each save "
+                            f"replaces the last): restore {self.checkpoint} from a copy, or start again with "
+                            "--overwrite") from None
 
     @property
     def finished(self):
@@ -118,10 +163,22 @@ class Run:
 
     def open_metrics(self):
         """Create the directory and metrics.jsonl (rank 0): empty for a new run; for a resumed
-        one, the lines up to the checkpoint's step (any line that does not parse is dropped)."""
+        one, the lines up to the checkpoint's step (any line that does not parse is dropped). A
+        directory that this run creates is held from now on; if another run started at the same
+        time took it first, or has already written there, this one stops before writing."""
+        if not self.held:
+            if self.world.main:
+                self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock, self.held = integrity.hold(self.out, self.world), True
+            except integrity.Busy as e:
+                raise UserError(str(e)) from None
+            taken = self.world.main and ((self.out / "checkpoint").exists() or self.metrics.exists())
+            if self.world.broadcast(taken):
+                raise UserError(f"{self.out}: another run started there at the same time as this one and has "
+                                "written to it; choose another --out (or --resume that run)")
         if not self.world.main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.state and self.metrics.exists():
             for line in self.metrics.read_text(errors="replace").splitlines():

@@ -179,71 +179,71 @@ class Match(NamedTuple):
 
 def train(cfg, given):
     world = setup_world()
-    run = Run(cfg, given, world)
-    cfg = run.cfg
-    if run.finished:
-        return cfg, run
-    with user_input():
-        data = TrainingSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
-    if world.main:
-        print(f"{len(data.examples)} questions, {sum(len(enc.traces) for enc in data.encoded)} traces; "
-              f"{data.truncated} sequences truncated to --max-len {cfg.max_len}; "
-              f"vocabulary {data.tok.get_vocab_size()}")
-    config = None
-    if not Path(cfg.model).is_dir():  # a preset, trained from scratch, sized to its tokenizer
-        config = Config.preset(cfg.model)
-        if config.vocab_size < data.tok.get_vocab_size() or cfg.data == "synthetic":
-            config.vocab_size = data.tok.get_vocab_size()
-        torch.manual_seed(cfg.seed)
-    with user_input():
-        model = build_model(world, None if config else model_dir(cfg.model), config)
-        model.gradient_checkpointing = cfg.activation_checkpointing
-        opt = adamw(model, cfg.lr, cfg.weight_decay)
-        last = {}  # question id -> its previous assignment, for the matching-convergence statistic
-        if run.state:
-            last = checkpoint.load(run.checkpoint, model, opt)["last_assignment"]
-    run.open_metrics()
-    sources = sorted({s for ex in data.examples for s in (ex.sources or [])})
-    stop, progress = Stop(), Progress(cfg, run.start)
-    try:
-        for step in range(run.start, cfg.steps):
-            t0 = time.time()
-            qs = step_items(len(data.examples), cfg.batch, cfg.seed, step, world)  # this rank's questions
-            # 1. the cost grid C (tags, M traces) of each question, without gradients
-            model.eval()  # Qwen2 has no dropout; eval() documents that the grid takes no gradients
-            C = cost_grid(model, questions=[data.encoded[q] for q in qs], tags=data.tags, L=cfg.match_tokens,
-                          budget=cfg.micro_tokens, world=world, pad_id=data.pad_id)
-            # summed over ranks, so that every rank reaches the same verdict and all stop at this step
-            # (a rank that stopped alone would leave the others waiting in their next collective)
-            check_finite(step, run, match_cost=world.sum(float(sum(c.sum() for c in C))))
-            # 2. sigma[j], the tag of trace j of each question, and its training sequences
-            rows, matches = [], []
-            for q, c in zip(qs, C):
-                ex, enc = data.examples[q], data.encoded[q]
-                sigma = assign(c, mode=cfg.mode, rng=np.random.default_rng([cfg.seed, step, q]))
-                rows += [sequence(enc.prompt, data.tags.ids[tag], trace, cfg.max_len, cfg.tag_loss)
-                         for tag, trace in zip(sigma, enc.traces)]
-                matches.append(Match(ex.id, sigma.tolist(), float(c[sigma, range(len(sigma))].mean()), ex.sources))
-            # 3. the update: gradients of the set loss, then one AdamW step at the schedule's lr unless it diverged
-            model.train()
-            loss, tokens = set_loss(model, rows=rows, budget=cfg.micro_tokens, world=world, pad_id=data.pad_id)
-            grad_norm = run.optimizer_step(model, opt, step, loss=loss)
-            # log the step, save every --save-every steps, leave when asked to
-            matches = [m for part in world.gather(matches) for m in part]
-            log = {"step": step + 1, "loss": loss, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
-                   "tokens": tokens, "seconds": time.time() - t0,
-                   **matching_stats(matches, last, sources, len(data.tags.ids))}
-            run.log(log)
-            if world.main:
-                progress.show(step, f"loss {loss:.4f} | cost {log['match_cost']:.3f}"
-                              + (f" | changed {log['changed']:.0%}" if log["changed"] is not None else ""))
-            if run.end_step(step, stop,
-                            lambda n: run.save(model, opt, data.tok, n, {"last_assignment": last})):
-                break
-        run.finish(model, data.tok)
-    finally:
-        stop.restore()
-        world.close()
+    with Run(cfg, given, world) as run:  # holds the run directory until the run ends
+        cfg = run.cfg
+        if run.finished:
+            return cfg, run
+        with user_input():
+            data = TrainingSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
+        if world.main:
+            print(f"{len(data.examples)} questions, {sum(len(enc.traces) for enc in data.encoded)} traces; "
+                  f"{data.truncated} sequences truncated to --max-len {cfg.max_len}; "
+                  f"vocabulary {data.tok.get_vocab_size()}")
+        config = None
+        if not Path(cfg.model).is_dir():  # a preset, trained from scratch, sized to its tokenizer
+            config = Config.preset(cfg.model)
+            if config.vocab_size < data.tok.get_vocab_size() or cfg.data == "synthetic":
+                config.vocab_size = data.tok.get_vocab_size()
+            torch.manual_seed(cfg.seed)
+        with user_input():
+            model = build_model(world, None if config else model_dir(cfg.model), config)
+            model.gradient_checkpointing = cfg.activation_checkpointing
+            opt = adamw(model, cfg.lr, cfg.weight_decay)
+            last = {}  # question id -> its previous assignment, for the matching-convergence statistic
+            if run.state:
+                last = checkpoint.load(run.checkpoint, model, opt)["last_assignment"]
+        run.open_metrics()
+        sources = sorted({s for ex in data.examples for s in (ex.sources or [])})
+        stop, progress = Stop(), Progress(cfg, run.start)
+        try:
+            for step in range(run.start, cfg.steps):
+                t0 = time.time()
+                qs = step_items(len(data.examples), cfg.batch, cfg.seed, step, world)  # this rank's questions
+                # 1. the cost grid C (tags, M traces) of each question, without gradients
+                model.eval()  # Qwen2 has no dropout; eval() documents that the grid takes no gradients
+                C = cost_grid(model, questions=[data.encoded[q] for q in qs], tags=data.tags, L=cfg.match_tokens,
+                              budget=cfg.micro_tokens, world=world, pad_id=data.pad_id)
+                # summed over ranks, so that every rank reaches the same verdict and all stop at this step
+                # (a rank that stopped alone would leave the others waiting in their next collective)
+                check_finite(step, run, match_cost=world.sum(float(sum(c.sum() for c in C))))
+                # 2. sigma[j], the tag of trace j of each question, and its training sequences
+                rows, matches = [], []
+                for q, c in zip(qs, C):
+                    ex, enc = data.examples[q], data.encoded[q]
+                    sigma = assign(c, mode=cfg.mode, rng=np.random.default_rng([cfg.seed, step, q]))
+                    rows += [sequence(enc.prompt, data.tags.ids[tag], trace, cfg.max_len, cfg.tag_loss)
+                             for tag, trace in zip(sigma, enc.traces)]
+                    matches.append(Match(ex.id, sigma.tolist(), float(c[sigma, range(len(sigma))].mean()), ex.sources))
+                # 3. the update: gradients of the set loss, then one AdamW step at the schedule's lr unless it diverged
+                model.train()
+                loss, tokens = set_loss(model, rows=rows, budget=cfg.micro_tokens, world=world, pad_id=data.pad_id)
+                grad_norm = run.optimizer_step(model, opt, step, loss=loss)
+                # log the step, save every --save-every steps, leave when asked to
+                matches = [m for part in world.gather(matches) for m in part]
+                log = {"step": step + 1, "loss": loss, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
+                       "tokens": tokens, "seconds": time.time() - t0,
+                       **matching_stats(matches, last, sources, len(data.tags.ids))}
+                run.log(log)
+                if world.main:
+                    progress.show(step, f"loss {loss:.4f} | cost {log['match_cost']:.3f}"
+                                  + (f" | changed {log['changed']:.0%}" if log["changed"] is not None else ""))
+                if run.end_step(step, stop,
+                                lambda n: run.save(model, opt, data.tok, n, {"last_assignment": last})):
+                    break
+            run.finish(model, data.tok)
+        finally:
+            stop.restore()
+            world.close()
     return cfg, run
 
 

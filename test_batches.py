@@ -62,7 +62,8 @@ def test_row_losses_are_each_rows_own(model):
 @torch.no_grad()
 def test_continuations_equal_scoring_each_full_sequence(model):
     prefixes = [[3, 4, 5, 6], [7, 8]]
-    continuations = [(0, [9, 10, 11], [10, 11, 12]), (1, [13], [14]), (0, [15, 16], [-100, 17]), (1, [18, 19], [19, 20])]
+    continuations = [(0, [9, 10, 11], [10, 11, 12]), (1, [13], [14]), (0, [15, 16], [-100, 17]),
+                     (1, [18, 19], [19, 20])]
     nll, count = continuation_nll(model, prefixes, continuations, budget=12, world=World(), pad_id=0)
     for (p, ids, targets), s, n in zip(continuations, nll, count):
         full = prefixes[p] + ids

@@ -1,22 +1,29 @@
 """
 checkpoint.py under real launches: a sharded checkpoint resumes exactly at another rank count
 (2 -> 1, 2 -> 2, 1 -> 2), `python checkpoint.py export` gives a directory that transformers loads
-with our logits, and a rank killed with SIGKILL ends the whole torchrun job at once.
+with our logits, and a rank killed with SIGKILL ends the whole torchrun job at once. Damage to any
+file of a checkpoint (a flipped byte, a cut, a deletion) or of a run's model directory is refused,
+in one line naming the file, by whatever would use it, and nothing on disk changes; two runs
+started at once on one directory (one process each, or two torchrun jobs) leave one running; a
+holder killed with SIGKILL leaves the directory to the next run.
 
     python -m pytest -q test_checkpoint.py
 """
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CPU_ENV, ROOT, TINY_RUN, TORCHRUN, read_metrics
+import checkpoint
+from conftest import CPU_ENV, ROOT, TINY_RUN, TORCHRUN, one_line_error, read_metrics
 from model import Qwen2
 
 RUN = [*TINY_RUN, "--seed", "1"]
@@ -24,7 +31,8 @@ RUN = [*TINY_RUN, "--seed", "1"]
 
 def ssft(*args, ranks=1):
     launcher = TORCHRUN if ranks == 2 else [sys.executable]
-    proc = subprocess.run([*launcher, "ssft.py", *map(str, args)], cwd=ROOT, env=CPU_ENV, capture_output=True, text=True)
+    proc = subprocess.run([*launcher, "ssft.py", *map(str, args)], cwd=ROOT, env=CPU_ENV, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -82,6 +90,122 @@ def test_export_command_gives_what_transformers_loads(full, tmp_path):
     ids = torch.randint(0, ours.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cut_on_one(tmp_path_factory):
+    """The run cut after 3 steps in one process: its checkpoint, its model directory after step 6
+    is the full run's."""
+    out = tmp_path_factory.mktemp("cut1") / "run"
+    ssft(*RUN, "--steps", 6, "--stop-after", 3, "--out", out)
+    return out
+
+
+def snapshot(folder):
+    """Every file below folder with its size and CRC-32: what 'nothing changed' compares. (.lock,
+    which names the last process to hold the directory, is the lock's bookkeeping, not the run's.)"""
+    return {str(p.relative_to(folder)): (p.stat().st_size, zlib.crc32(p.read_bytes()))
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def flip(path, at=0.5):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {  # name: (what is done to the checkpoint, the file the refusal names, what it says)
+    "a flipped byte in a shard": (lambda c: flip(c / "__0_0.distcp"), "__0_0.distcp", "CRC-32 mismatch"),
+    "a flipped byte in the trainer state": (lambda c: flip(c / "trainer_state.json", 0.02), "trainer_state.json",
+                                            "changed"),
+    "a truncated shard": (lambda c: os.truncate(c / "__0_0.distcp", 1000), "__0_0.distcp", "cut short"),
+    "a truncated .metadata": (lambda c: os.truncate(c / ".metadata", 10), ".metadata", "cut short"),
+    "a missing shard": (lambda c: (c / "__0_0.distcp").unlink(), "__0_0.distcp", "missing"),
+    "a missing tokenizer": (lambda c: (c / "tokenizer.json").unlink(), "tokenizer.json", "missing"),
+    "missing checksums": (lambda c: (c / "checksums.json").unlink(), "checksums.json", "missing"),
+    "unreadable checksums": (lambda c: flip(c / "checksums.json", 0.0), "checksums.json", "not readable"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_checkpoint_is_refused_and_nothing_changes(kind, cut_on_one, tmp_path):
+    damage, name, says = DAMAGE[kind]
+    out = tmp_path / "run"
+    shutil.copytree(cut_on_one, out)
+    damage(out / "checkpoint")
+    before = snapshot(out)
+    for command in (["ssft.py", "--out", out, "--resume"],
+                    ["checkpoint.py", "export", out / "checkpoint", tmp_path / "hf"]):
+        proc = subprocess.run([sys.executable, *map(str, command)], cwd=ROOT, env=CPU_ENV, capture_output=True,
+                              text=True)
+        one_line_error(proc, f"{out / 'checkpoint' / name}: ")
+        assert says in proc.stderr and ("restore" in proc.stderr), proc.stderr
+        assert snapshot(out) == before and not (tmp_path / "hf").exists()
+
+
+def test_a_checkpoint_from_before_checksums_resumes_with_a_warning(full, cut_on_one, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(cut_on_one, out)
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    del state["checksums"]
+    (out / "checkpoint" / "trainer_state.json").write_text(json.dumps(state))
+    (out / "checkpoint" / "checksums.json").unlink()
+    proc = subprocess.run([sys.executable, "ssft.py", "--out", str(out), "--resume"], cwd=ROOT, env=CPU_ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "written before checkpoints carried checksums" in proc.stderr, proc.stderr
+    assert losses(out) == losses(full)
+
+
+def test_a_damaged_model_directory_is_refused_by_evaluation_and_rl(full, tmp_path):
+    model = tmp_path / "run" / "model"
+    shutil.copytree(full / "model", model)
+    assert (model / "checksums.json").is_file()  # the run's export carries its checksums
+    flip(model / "model.safetensors")
+    for command in (["eval.py", "--model", model.parent, "--train-questions", "48", "--questions", "2"],
+                    ["gfpo.py", "--model", model.parent, "--out", tmp_path / "rl", "--steps", "1", "--batch", "2",
+                     "--train-questions", "48", "--eval-questions", "0"]):
+        proc = subprocess.run([sys.executable, *map(str, command)], cwd=ROOT, env=CPU_ENV, capture_output=True,
+                              text=True)
+        one_line_error(proc, f"{model / 'model.safetensors'}: its bytes changed since they were written")
+        assert "export it again from its checkpoint" in proc.stderr
+    assert not (tmp_path / "rl").exists()
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_two_runs_started_at_once_on_one_directory_one_runs(launcher, tmp_path):
+    out = tmp_path / "run"
+    command = [*(TORCHRUN if launcher == "torchrun" else [sys.executable]), "ssft.py", *RUN, "--steps", "4",
+               "--out", str(out)]
+    procs = [subprocess.Popen(command, cwd=ROOT, env=CPU_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    refused = next(err for code, err in results if code)
+    assert f"error: {out} is in use by another run (pid " in refused or \
+        f"error: {out}: another run started there at the same time" in refused, refused
+    assert losses(out) and len(losses(out)) == 4  # the run that ran is whole
+
+
+def test_a_run_killed_with_sigkill_leaves_the_directory_to_the_next(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "ssft.py", *RUN, "--steps", "1000", "--save-every", "1",
+                             "--out", str(out)], cwd=ROOT, env=CPU_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint" / "checksums.json").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run did not save"
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "ssft.py", "--out", str(out), "--resume"], cwd=ROOT, env=CPU_ENV,
+                                capture_output=True, text=True)
+        one_line_error(second, f"{out} is in use by another run (pid {proc.pid} on ")
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = checkpoint.read_state(out / "checkpoint")["step"]
+    ssft("--out", out, "--resume", "--stop-after", 2)  # the kernel released the dead run's lock
+    assert checkpoint.read_state(out / "checkpoint")["step"] == saved + 2 == len(losses(out))
 
 
 def children(pid):

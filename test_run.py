@@ -62,6 +62,7 @@ def tiny_model(tmp_path_factory):
 def test_corrupt_model_files_are_named(tiny_model, tmp_path, damage, message):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
+    (model / "checksums.json").unlink()  # a model from elsewhere: the loader's own checks must name the file
     damage(model)
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"question": "sort 312", "traces": ["a", "b", "c", "d"]}) + "\n")

@@ -9,7 +9,9 @@ Host memory while loading a sharded checkpoint, and the cost of a training check
    above the resident memory just before (VmHWM after resetting it; also ru_maxrss, which
    counts from the process's start), against the model's size in fp32 and in bf16.
 3. On the two ranks, after one AdamW step (so that the optimizer state exists), times
-   checkpoint.save and reports each rank's shard of the DCP checkpoint in MB.
+   checkpoint.save and reports each rank's shard of the DCP checkpoint in MB; then what the
+   checksums cost: the CRC-32 of the shard a rank just wrote (part of the save) and
+   checkpoint.verify of the whole checkpoint (what a resume or an export reads first).
 
     python bench/bench_load.py [--json bench/out/cpu_load.json] [--keep DIR]
 """
@@ -71,7 +73,15 @@ def worker(mode, path, out):
     t = time.perf_counter()
     checkpoint.save(out, model, opt, _Tokenizer(), {"step": 1}, world)
     result["checkpoint_save_seconds"] = time.perf_counter() - t
-    result["checkpoint_shard_MB"] = (Path(out) / "checkpoint" / f"__{world.rank}_0.distcp").stat().st_size / MB
+    shard = f"__{world.rank}_0.distcp"
+    result["checkpoint_shard_MB"] = (Path(out) / "checkpoint" / shard).stat().st_size / MB
+    t = time.perf_counter()  # what the save spends on its checksum: the shard just written, read back
+    checkpoint.checksums(Path(out) / "checkpoint", [shard])
+    result["checksum_seconds"] = time.perf_counter() - t
+    world.barrier()
+    t = time.perf_counter()  # what a resume spends before loading: every file, the ranks sharing them
+    checkpoint.verify(Path(out) / "checkpoint", world)
+    result["verify_seconds"] = time.perf_counter() - t
     (Path(out) / f"rank{world.rank}.json").write_text(json.dumps(result))
     del model, opt
     gc.collect()  # FSDP's reference cycles go before the process group (else an abort at exit, at times)
@@ -115,7 +125,9 @@ def main():
             if "checkpoint_save_seconds" in r:
                 print(f"  {r['process']:<40} checkpoint.save {r['checkpoint_save_seconds']:.2f} s, "
                       f"its shard {r['checkpoint_shard_MB']:.0f} MB (model + AdamW, fp32: 12 B/param / 2 ranks = "
-                      f"{12 * P / 2 / MB:.0f} MB)")
+                      f"{12 * P / 2 / MB:.0f} MB); of the save, its CRC-32 {r['checksum_seconds']:.2f} s = "
+                      f"{r['checksum_seconds'] / r['checkpoint_shard_MB'] * 1000:.2f} s/GB; verifying the checkpoint "
+                      f"before a resume {r['verify_seconds']:.2f} s")
         if a.json:
             Path(a.json).write_text(json.dumps({"model": sizes, "processes": results}, indent=2))
     finally:
