@@ -18,8 +18,8 @@ It is written as `out/checkpoint.tmp` and swapped in by renames (checkpoint -> c
 tmp -> checkpoint, then old deleted). `recover(out)` repairs a swap cut at any instant: of the
 complete directories it keeps the one with the highest step as `out/checkpoint` and deletes the
 others, each deletion starting with its checksums.json and trainer_state.json so that a
-half-deleted directory never looks complete. A save that fails (a full disk) deletes its partial directory and raises
-SaveError naming the path; the previous checkpoint stays as it was.
+half-deleted directory never looks complete. A save that fails (a full disk) deletes its partial
+directory and raises SaveError naming the path; the previous checkpoint stays as it was.
 
 `out/model/` is a Hugging Face model directory (bf16 unless asked otherwise; what transformers and
 vLLM load) written by `export_hf` at the end of a run, one gathered tensor at a time. The command

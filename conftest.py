@@ -9,6 +9,7 @@ import ctypes
 import gc
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def pytest_configure(config):
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+def ssft_cli(args, **kw):
+    """`python ssft.py ARGS` in a subprocess, its output captured."""
+    return subprocess.run([sys.executable, "ssft.py", *args], cwd=ROOT, capture_output=True, text=True, **kw)
 
 
 def one_line_error(proc, message):

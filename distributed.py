@@ -127,10 +127,11 @@ def _head(model):
     return [model.model.embed_tokens] * model.config.tie_word_embeddings + [model.model.norm, model.lm_head]
 
 
-def build_model(world, source=None, config=None):
-    """The model on every rank, from a HF checkpoint directory `source` or, if None, initialised
-    from `config` (seed torch first: the same seed gives the same model at any rank count)."""
-    if source:
+def build_model(world, source=None, config=None, verified=False):
+    """The model on every rank, from a HF checkpoint directory `source` (its checksums read first,
+    unless already `verified`) or, if None, initialised from `config` (seed torch first: the same
+    seed gives the same model at any rank count)."""
+    if source and not verified:
         integrity.verify(source, world, integrity.MODEL_ADVICE)  # a run's model/ carries checksums: read them all
     if not world.group:  # one CPU process: a plain module in fp32
         return Qwen2.from_pretrained(source) if source else Qwen2(config)

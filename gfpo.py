@@ -293,7 +293,7 @@ def train(cfg, given):
             source = model_dir(cfg.model)
             data = PromptSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer or source)
             model = build_model(world, source)
-            ref = build_model(world, source).eval().requires_grad_(False) if cfg.beta else None
+            ref = build_model(world, source, verified=True).eval().requires_grad_(False) if cfg.beta else None
             model.gradient_checkpointing = cfg.activation_checkpointing
             opt = adamw(model, cfg.lr, cfg.weight_decay)
             if run.state:

@@ -5,13 +5,11 @@ exactly the flags on the command line; a run directory's model/ is found.
 
     python -m pytest -q test_flags.py
 """
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
 
-from conftest import ROOT, TINY_RUN, one_line_error
+from conftest import TINY_RUN, one_line_error, ssft_cli
 from flags import UserError, arg, model_dir, parse_flags
 
 
@@ -56,10 +54,6 @@ def test_model_dir_finds_a_run_directory_s_model(tmp_path):
     assert model_dir(tmp_path / "run") == tmp_path / "run" / "model"
     assert model_dir(tmp_path / "run" / "model") == tmp_path / "run" / "model"
     assert model_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"
-
-
-def ssft_cli(args):
-    return subprocess.run([sys.executable, "ssft.py", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -18,14 +18,10 @@ import pytest
 
 import checkpoint
 import ssft
-from conftest import CPU_ENV, ROOT, TORCHRUN, one_line_error, read_metrics
+from conftest import CPU_ENV, ROOT, TORCHRUN, one_line_error, read_metrics, ssft_cli
 from conftest import TINY_RUN as TINY
 from flags import parse_flags
 from run import lr_at
-
-
-def ssft_cli(args, **kw):
-    return subprocess.run([sys.executable, "ssft.py", *args], cwd=ROOT, capture_output=True, text=True, **kw)
 
 
 def losses(out):
