@@ -113,8 +113,13 @@ def hold(out, world=None):
                          f"{' '.join(sys.argv)}\n")
             handle.flush()
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "a process that has not said who it is yet"
+            holder = ""
+            for _ in range(20):  # the holder writes who it is just after it locks: give it a moment
+                handle.seek(0)
+                if holder := handle.read().strip():
+                    break
+                time.sleep(0.1)
+            holder = holder or "a process that has not said who it is yet"
             handle.close()
             handle, error = None, f"{out} is in use by another run ({holder}); wait for it to end or choose another"
         except OSError as e:  # a filesystem without working locks, or a directory that cannot be written
