@@ -7,7 +7,6 @@ import its helpers without its settings.
 """
 import ctypes
 import gc
-import json
 import os
 import subprocess
 import sys
@@ -48,7 +47,8 @@ def one_line_error(proc, message):
 
 def read_metrics(out, key=None):
     """The records of a run's metrics.jsonl (or the value of `key` in each)."""
-    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    from run import read_metrics
+    records = read_metrics(Path(out) / "metrics.jsonl")
     return [r[key] for r in records] if key else records
 
 

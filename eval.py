@@ -10,17 +10,20 @@ rank count changes it:
 - tags: S samples of every tag <think1>..<thinkN>, the array answers[q][i][s] that every tag
   metric derives from: cons@N, the paper's native Cons@N (one sample per tag, majority vote, mean
   over the S groups); cons@k, the benchmark's Cons@k variant (metrics.CONS32_VARIANT) at k = N,
-  N*S and 32; pass@k_tags, pass@k over all N*S samples; per_tag accuracy and mean length in
-  tokens ("reasoning effort"); pass@1_tag, the accuracy of the tag matched to most traces in
-  training (the paper's choice, from metrics.jsonl).
+  N*S and 32 (neither for code, which has no votes: LiveCodeBench reports pass@1); pass@k_tags,
+  pass@k over all N*S samples; per_tag accuracy and mean length in tokens ("reasoning effort");
+  pass@1_tag, the accuracy of the tag matched to most traces in training (the paper's choice, from
+  metrics.jsonl).
 - think1: n samples of <think1>: pass@1 and the pass@k curve (metrics.PASS_KS), as officially
   computed from a run of their own.
 - self: the model's own choice of tag. tag_distribution: sampling.fork_statistics at the forking
   token (the mean over questions of P(tag i | question), the entropy of that mean, the mean
   per-question entropy, the mass outside the N tags); pass@1_self: n samples whose forking token
   is drawn from the fork policy, the N tags at the sampling temperature.
-- greedy: one greedy answer per tag: greedy_cons@N (their vote) and greedy_oracle (some tag right:
-  what choosing the tag per question, GFPO's job, could reach).
+- greedy: one greedy answer per tag: greedy_cons@N (their vote; not for code) and greedy_oracle
+  (some tag right: what choosing the tag per question, GFPO's job, could reach).
+Each distinct answer of a question is graded once (a vote winner is one of them: one sandbox run
+per distinct program, one comparison per distinct math answer).
 For a task that tells strategies apart (the synthetic one) also the tags x strategies tables
 (sampled, greedy), purity (share of generations whose strategy is their tag's most common one) and
 distinct strategies per question across the N tags (greedy, and within one sampled group). A
@@ -35,6 +38,7 @@ self run.
 import json
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,7 @@ from data.tokenizer import load_tokenizer
 from distributed import World, compute_dtype
 from flags import UserError, arg, model_dir, parse_flags, user_input
 from model import Qwen2
+from run import read_metrics
 from sampling import chat_prompts, draw_forks, fork_logits, fork_policy, fork_statistics, sample
 from tasks import load_task
 
@@ -76,26 +81,37 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
     texts = [[[decode(ids) for ids in tag] for tag in by_tag] for by_tag in gen]
     lengths = np.array([[[len(ids) for ids in tag] for tag in by_tag] for by_tag in gen])  # (Q, N, S)
     answers = [[[task.extract(t) for t in tag] for tag in by_tag] for by_tag in texts]
-    ok = np.array([[[task.right(a, q) for a in tag] for tag in answers[q]] for q in range(Q)])  # (Q, N, S)
-    cons_fn = metrics.CONS32_FN[metrics.CONS32_VARIANT.get(task.name, "maj_sot")]
-    ks = sorted({k for k in (N, N * S, 32) if k <= N * S})
+    graded = [{} for _ in range(Q)]  # graded[q][answer]: each distinct answer graded once, vote winners too
+
+    def right(q, answer):
+        if answer not in graded[q]:
+            graded[q][answer] = task.right(answer, q)
+        return graded[q][answer]
+
+    ok = np.array([[[right(q, a) for a in tag] for tag in answers[q]] for q in range(Q)])  # (Q, N, S)
     report = {
         "questions": Q, "num_tags": N, "shared_tag": shared_tag, "samples_per_tag": S, "pass_samples": n,
         "temperature": temperature, "top_p": top_p, "max_new": max_new,
-        "cons@N": float(np.mean([metrics.native_cons(answers[q], lambda a, q=q: task.right(a, q)) for q in range(Q)])),
-        "cons@k_variant": metrics.CONS32_VARIANT.get(task.name, "maj_sot"),
-        "cons@k": {k: float(np.mean([cons_fn(answers[q], task.gold(q), k) for q in range(Q)])) for k in ks},
         # pass@k over the N*S samples of all tags: the diversity that forking adds (k = N: one per tag)
         "pass@k_tags": {k: float(np.mean([metrics.pass_at_k(N * S, int(c), k) for c in ok.reshape(Q, -1).sum(1)]))
                         for k in (1, N)},
         "per_tag": [{"tag": f"<think{i + 1}>", "accuracy": float(ok[:, i].mean()),
                      "mean_length": float(lengths[:, i].mean())} for i in range(N)],
     }
+    if task.votes:  # code has none: LiveCodeBench reports pass@1 alone
+        variant = metrics.CONS32_VARIANT.get(task.name, "maj_sot")
+        ks = sorted({k for k in (N, N * S, 32) if k <= N * S})
+        # a Cons@k winner is right when it == the gold value or, where there is none (GPQA), when graded right
+        winner = [task.gold(q) if task.gold(q) is not None else partial(right, q) for q in range(Q)]
+        report["cons@N"] = float(np.mean([metrics.native_cons(answers[q], partial(right, q)) for q in range(Q)]))
+        report["cons@k_variant"] = variant
+        report["cons@k"] = {k: float(np.mean([metrics.CONS32_FN[variant](answers[q], winner[q], k) for q in range(Q)]))
+                            for k in ks}
     if coverage is not None:
         report["pass@1_tag"] = {"tag": f"<think{coverage + 1}>", "accuracy": report["per_tag"][coverage]["accuracy"]}
     # the think1 run: pass@1 and the pass@k curve
     gen = sample(model, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[0], (seed, THINK1, q, 0, s)), **settings)
-    c = [sum(task.grade(decode(ids), q) for ids in gen[q]) for q in range(Q)]
+    c = [sum(right(q, task.extract(decode(ids))) for ids in gen[q]) for q in range(Q)]
     report["pass@k"] = {k: float(np.mean([metrics.pass_at_k(n, cq, k) for cq in c]))
                         for k in sorted({1, *[k for k in metrics.PASS_KS.get(task.name, (N, n)) if k <= n]})}
     report["pass@1"] = report["pass@k"][1]
@@ -108,15 +124,17 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
                            [[(seed, SELF_FORKS, q, 0, s) for s in range(n)] for q in range(Q)])  # (Q, n)
         gen = sample(model, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[int(forks[q, s])],
                                                   (seed, SELF, q, int(forks[q, s]), s)), **settings)
-        report["pass@1_self"] = float(np.mean([task.grade(decode(ids), q) for q in range(Q) for ids in gen[q]]))
+        report["pass@1_self"] = float(np.mean([right(q, task.extract(decode(ids))) for q in range(Q)
+                                               for ids in gen[q]]))
     # the greedy run: one answer per tag
     if greedy:
         gen = sample(model, (Q, N), lambda q, i: (prompts.ids[q], prompts.slots[i], (seed, GREEDY, q, i, 0)),
                      **{**settings, "temperature": 0.0})
         g_texts = [[decode(ids) for ids in by_tag] for by_tag in gen]  # g_texts[q][i]
         g_ans = [[task.extract(t) for t in by_tag] for by_tag in g_texts]
-        g_ok = np.array([[task.right(a, q) for a in g_ans[q]] for q in range(Q)])  # (Q, N)
-        report["greedy_cons@N"] = float(np.mean([task.right(metrics.vote(g_ans[q]), q) for q in range(Q)]))
+        g_ok = np.array([[right(q, a) for a in g_ans[q]] for q in range(Q)])  # (Q, N)
+        if task.votes:
+            report["greedy_cons@N"] = float(np.mean([right(q, metrics.vote(g_ans[q])) for q in range(Q)]))
         report["greedy_oracle"] = float(g_ok.any(1).mean())
         for i in range(N):
             report["per_tag"][i]["greedy_accuracy"] = float(g_ok[:, i].mean())
@@ -152,12 +170,12 @@ def format_report(r):
         first += f"pass@1 ({r['pass@1_tag']['tag']}, by coverage) {r['pass@1_tag']['accuracy']:.3f}   "
     if "pass@1_self" in r:
         first += f"pass@1 (own tag) {r['pass@1_self']:.3f}   "
-    first += f"cons@{N} {r['cons@N']:.3f}   " + "   ".join(
+    first += (f"cons@{N} {r['cons@N']:.3f}   " if "cons@N" in r else "") + "   ".join(
         f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items() if int(k) > 1)
     lines = [first]
     if "greedy_oracle" in r:
-        lines.append(f"greedy over the {N} tags: majority {r['greedy_cons@N']:.3f}, "
-                     f"any tag right {r['greedy_oracle']:.3f}")
+        lines.append(f"greedy over the {N} tags: " + (f"majority {r['greedy_cons@N']:.3f}, " if "greedy_cons@N" in r
+                                                      else "") + f"any tag right {r['greedy_oracle']:.3f}")
     if "tag_distribution" in r:
         d = r["tag_distribution"]
         lines.append("P(tag | question), mean: " + " ".join(f"{p:.2f}" for p in d["mean"])
@@ -184,12 +202,8 @@ def coverage_tag(metrics_path):
     """The tag (0-based) matched to the most distinct (question, trace) pairs over training, read
     from an ssft.py metrics.jsonl: the paper's choice of the Pass@1 tag. None without assignments."""
     pairs = {}
-    for line in Path(metrics_path).read_text().splitlines():
-        try:
-            assignment = json.loads(line).get("assignment") or {}
-        except ValueError:
-            continue  # a line cut short by a crash
-        for qid, sigma in assignment.items():
+    for record in read_metrics(metrics_path):
+        for qid, sigma in (record.get("assignment") or {}).items():
             for j, tag in enumerate(sigma):
                 pairs.setdefault(tag, set()).add((qid, j))
     return max(pairs, key=lambda t: (len(pairs[t]), -t)) if pairs else None
@@ -215,7 +229,8 @@ def evaluate_run(model_path, task, num_tags, *, shared_tag=False, out_file=None,
         report = {str(t): evaluate(model, tok, task, num_tags=num_tags, shared_tag=shared_tag, coverage=coverage,
                                    greedy=False, **{**kwargs, "temperature": t}) for t in temperatures}
         for t, r in report.items():
-            print(f"T={t}: pass@1 {r['pass@1']:.3f}  cons@{num_tags} {r['cons@N']:.3f}  "
+            cons = f"cons@{num_tags} {r['cons@N']:.3f}  " if "cons@N" in r else ""
+            print(f"T={t}: pass@1 {r['pass@1']:.3f}  {cons}"
                   + "  ".join(f"pass@{k} {v:.3f}" for k, v in r["pass@k"].items() if int(k) > 1))
     else:
         report = evaluate(model, tok, task, num_tags=num_tags, shared_tag=shared_tag, coverage=coverage, **kwargs)

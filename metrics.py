@@ -48,6 +48,9 @@ CONS32_VARIANT = {
     "math500": "maj_blocks",  # maj@32: MajAtK(k=32), tags 1-5 in full + 2 samples of tag 6
     "gpqa": "maj_blocks",  # gpqa_maj@32_samples: MajAtKScoringFunc(k=32), votes on raw texts
 }
+# What a gold is parsed from: MATH-500's task grades against the worked solution (default_prompts.py
+# math_500: choices=[line["solution"]]), AIME's against the answer. They differ on one question (68).
+GOLD_FROM_SOLUTION = {"math500"}
 # The *_greedythink1 run: PASS_N samples of <think1>; pass@k reported for these k.
 PASS_N = 32
 PASS_KS = {"aime24": (1, 2, 4, 6, 8, 16, 32), "aime25": (1, 2, 4, 6, 8, 16, 32), "math500": (1,), "gpqa": (1,)}

@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 
+from run import read_metrics
+
 
 def plot_run(out, report=None):
     out = Path(out)
@@ -40,12 +42,7 @@ def plot_run(out, report=None):
         fig.tight_layout()
         fig.savefig(out / "strategies.png", dpi=120)
         plt.close(fig)
-    rows = []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass  # a line cut short by a crash
+    rows = read_metrics(out / "metrics.jsonl")
     if rows and "reward" in rows[0]:
         return plot_policy(out, rows)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))

@@ -179,16 +179,9 @@ class Run:
                                 "written to it; choose another --out (or --resume that run)")
         if not self.world.main:
             return
-        kept = []
-        if self.state and self.metrics.exists():
-            for line in self.metrics.read_text(errors="replace").splitlines():
-                try:
-                    if json.loads(line)["step"] <= self.start:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    pass  # a line cut short by a crash or a full disk
+        kept = [r for r in read_metrics(self.metrics) if r["step"] <= self.start] if self.state else []
         tmp = self.metrics.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
         tmp.rename(self.metrics)
 
     def log(self, record):
@@ -232,6 +225,20 @@ class Run:
         if self.saved_step == self.cfg.steps:
             dtype = getattr(torch, self.cfg.export_dtype)
             checkpoint.export_hf(model, tokenizer, self.out / "model", self.world, dtype)
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl, in order ([] where there is none). Lines that are not a JSON
+    object with a step, as a crash or a full disk can leave, are skipped: this is the one reader."""
+    records = []
+    for line in (Path(path).read_text(errors="replace").splitlines() if Path(path).exists() else []):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
 
 
 def lr_at(step, *, lr, steps, warmup, min_lr):

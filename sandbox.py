@@ -6,32 +6,48 @@ reach. It uses:
 - new mount, network, pid and IPC namespaces (and a user namespace when not root). No network:
   a new network namespace has only a loopback device, and it is down. The program is pid 1 of its
   pid namespace: it cannot see or signal anything outside, and when it exits the kernel kills all
-  it started, orphans and daemons included. /proc is remounted to show only those.
-- the filesystem read-only (recursive mount_setattr) except the working directory: a size-capped
-  tmpfs over a fresh mkdtemp directory, which the parent removes afterwards.
+  it started, orphans and daemons included. /proc is mounted anew to show only those.
+- a new root, as bubblewrap builds one: a tmpfs the program pivot_roots into (the old root then
+  detached, unreachable) holding only what the interpreter needs, bind-mounted read-only and
+  nosuid at the same paths: /usr, /bin, /sbin, /lib*, /etc/ld.so.cache, /dev/{null,zero,random,
+  urandom}, the interpreter and its prefixes (a venv: that directory alone, not the project around
+  it), symlinks on the way (/lib -> usr/lib) recreated as symlinks; and the working directory, the
+  only writable place: a size-capped tmpfs at the path of a fresh mkdtemp directory, which the
+  parent removes afterwards.
 - as root, the program runs as nobody (65534) in a user namespace of its own, so RLIMIT_NPROC binds
-  (never for root) and counts this sandbox only. Interpreter directories under an ancestor closed
-  to nobody (/root, mode 700) are shown through a tmpfs that hides the rest of it.
+  (never for root) and counts this sandbox only.
 - rlimits: CPU seconds, address space, processes+threads, file size (stdout and stderr are files:
   that caps output), open files, no core dumps; an environment with nothing from the parent.
-Where namespaces are not permitted it falls back to rlimits and sessions, warns, and reports
-isolated=False. Threat model: it stops what generated code does by mistake or to hack a reward:
-runaway CPU, memory or output, fork bombs, writes outside its directory, the network, reading the
-parent's environment, signalling or outliving its parent. It is not a VM: it shares the kernel (an
-exploit, easier to reach with user namespaces, escapes), reads world-readable files (and, when not
-root, the user's own), sees /sys, can time things. Memory is capped per process, so a program may
-hold max_processes x memory_mb in all (bounding the sum takes a cgroup, and privileges we do not
-assume). The fallback has no namespace guarantees, and as root there RLIMIT_NPROC does not bind.
+Threat model: it stops what generated code does by mistake or to hack a reward: runaway CPU,
+memory or output, fork bombs, writes outside its directory, the network, reading the parent's
+environment, signalling or outliving its parent, and reading the tests: a program that walks the
+disk for a world-readable *.jsonl (a prompt file, a benchmark copy) to print the stored output
+sees only the directories above: nothing of the project, /tmp, /etc, /sys, home directories or
+data. What the interpreter's own directories hold is visible: keep no tests inside them. It is
+not a VM: it shares the kernel (an exploit, easier to reach with user namespaces, escapes), sees
+the machine's CPUs, memory and load in /proc, can time things. Memory is capped per process, so a
+program may hold max_processes x memory_mb in all (bounding the sum takes a cgroup, and privileges
+we do not assume).
+Without namespaces (unshare refused: root without CAP_SYS_ADMIN, as in many containers, or user
+namespaces disabled) only rlimits and sessions are left: a program reads every world-readable file
+(tests included), can escape the kill in a session of its own. run_program then refuses
+(RuntimeError) unless SSFT_SANDBOX_UNISOLATED=1 asks for it; it then warns once per process and
+reports isolated=False. Even there untrusted code never runs as root: as root the program is
+dropped to nobody (needs CAP_SETUID and CAP_SETGID only), and the run fails where that fails or
+where nobody may not run the interpreter (pyenv or conda below /root, mode 700, and no new root
+to show it). Every fallback program is nobody: they can signal each other, and RLIMIT_NPROC counts
+them all unless a user namespace of their own is permitted.
 
-Standalone: the standard library only (Linux, Python >= 3.10), nothing from this
+Standalone: the standard library only (Linux >= 5.12, Python >= 3.10), nothing from this
 project; rewards.py grades LiveCodeBench tests with it.
 
-Run:  python -m pytest -q test_rewards.py   (its tests: the attacks, the fallback, the limits)
+Run:  python -m pytest -q test_sandbox.py    (what a program sees, never root, the refusal, the attacks)
       python bench/bench_rewards.py          (programs run per second, and a plain subprocess's)
       python sandbox.py --sandbox CONFIG     is the launcher, which run_program starts
 """
 import contextlib
 import ctypes
+import errno
 import functools
 import json
 import math
@@ -49,6 +65,7 @@ import warnings
 from dataclasses import dataclass
 
 _THIS = os.path.abspath(__file__)
+UNISOLATED_OK = "SSFT_SANDBOX_UNISOLATED"  # =1: run programs even where nothing isolates them
 
 
 # ----------------------------------------------------------------------- the caller (run_program)
@@ -75,9 +92,11 @@ def run_program(source: str, stdin: str = "", timeout_s: float = 6.0, memory_mb:
         for name, text in (("main.py", source), ("stdin", stdin)):
             with open(at(name), "w", encoding="utf-8") as f:  # what the program decodes
                 f.write(text)
-        paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+        # What the interpreter needs (-S: the launcher's sys.prefix would miss the venv on 3.10)
+        paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, sys.executable}
         cfg = dict(dir=workdir, timeout_s=timeout_s, memory_mb=memory_mb, max_file_mb=max_file_mb,
-                   max_processes=max_processes, status_fd=status_w, paths=sorted(paths))
+                   max_processes=max_processes, status_fd=status_w, paths=sorted(paths),
+                   unisolated_ok=os.environ.get(UNISOLATED_OK) == "1")
         with open(at("stdin"), "rb") as fin, open(at("stdout"), "wb+") as fout, \
                 open(at("stderr"), "wb+") as ferr:
             launcher = [sys.executable, "-I", "-S", "-B", _THIS, "--sandbox", json.dumps(cfg)]
@@ -101,8 +120,13 @@ def run_program(source: str, stdin: str = "", timeout_s: float = 6.0, memory_mb:
         shutil.rmtree(workdir, ignore_errors=True)
     if "setup_error" in report:
         raise RuntimeError(f"sandbox setup failed: {report['setup_error']}")
+    if "refused" in report:
+        raise RuntimeError(
+            f"sandbox: no isolation possible here ({report['refused']}). Unisolated, a program "
+            "runs with rlimits only and can read every world-readable file, the tests included. "
+            f"Set {UNISOLATED_OK}=1 to run programs that way all the same (see sandbox.py)")
     if "unisolated" in report:
-        warnings.warn(f"sandbox without namespaces ({report['unisolated']}): see sandbox.py")
+        _warn_unisolated(report["unisolated"])
     code = report.get("returncode")
     if report.get("timed_out", True) or code in (-signal.SIGXCPU, -signal.SIGKILL):
         status = "timeout"  # wall clock, or the CPU-time limit (SIGXCPU, then SIGKILL)
@@ -116,14 +140,26 @@ def run_program(source: str, stdin: str = "", timeout_s: float = 6.0, memory_mb:
                      time.monotonic() - start, "unisolated" not in report)
 
 
+@functools.cache  # once per process, not per program
+def _warn_unisolated(why):
+    warnings.warn(f"sandbox without isolation ({why}): programs run with rlimits only and can read "
+                  f"every world-readable file ({UNISOLATED_OK}=1 asked for it)", stacklevel=3)
+
+
 # ------------------------------------------------------------------- the launcher (--sandbox)
 NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (
     0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 1 << 14, 1 << 18
-SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on every arch
-AT_FDCWD, AT_RECURSIVE, OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH = -100, 0x8000, 1, 4
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 8, 1 << 12, 1 << 14, 1 << 18)
+MNT_DETACH, MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, AT_FDCWD, AT_RECURSIVE = 2, 1, 2, -100, 0x8000
+SYS_MOUNT_SETATTR = 442  # the same on every arch; pivot_root's is not, and libc has no wrapper
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(
+    os.uname().machine)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+# What every program sees besides the interpreter's own directories (those that exist here).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache",
+                "/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 # Nothing from the parent. One thread for BLAS and OpenMP, as LiveCodeBench sets too: otherwise
 # numpy starts a thread per core and fails to import under RLIMIT_NPROC on a many-core machine.
 _PROGRAM_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -146,57 +182,93 @@ def _map_ids(uid, gid):
             f.write(text)
 
 
-def _expose(paths):
-    """Root only: let nobody reach `paths` when an ancestor (e.g. /root, mode 700) is closed."""
-    moves = []
-    for path in paths:  # detach every tree first: a tmpfs mounted below would hide later ones
-        parts = path.split("/")
-        closed = [p for p in ("/".join(parts[:i]) for i in range(2, len(parts) + 1))
-                  if not os.stat(p).st_mode & 0o001]
-        if closed and not any(path.startswith(p + "/") for p, _, _ in moves):
-            tree = _c("syscall", SYS_OPEN_TREE, AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE)
-            moves.append((path, closed[0], tree))
-    for i, (path, closed, tree) in enumerate(moves):
-        if closed not in [c for _, c, _ in moves[:i]]:
-            _c("mount", "tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-        os.makedirs(path, exist_ok=True)
-        _c("syscall", SYS_MOVE_MOUNT, tree, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH)
+def _show(new, path, shown):
+    """Bind-mount host `path` at the same path under `new`. A symlink on the way is recreated as
+    one and its target shown in turn: following it would show the target under a second path."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        host = "/" + "/".join(parts[:i])
+        if host in shown:
+            return
+        if os.path.islink(host):
+            with contextlib.suppress(FileExistsError):
+                os.symlink(os.readlink(host), new + host)
+            target = os.path.realpath(host, strict=True)  # strict: a loop raises
+            return _show(new, os.path.join(target, *parts[i:]), shown)
+        if i < len(parts) or os.path.isdir(host):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(new + host)
+        else:  # a file (ld.so.cache, a device node) is mounted on a file
+            open(new + host, "a").close()
+    _c("mount", path, new + path, None, MS_BIND | MS_REC, None)
+    shown.add(path)
 
 
 def _isolate(cfg, uid, gid):
-    """New namespaces; everything read-only but the working directory, a fresh tmpfs."""
-    workdir, root, main = cfg["dir"], os.geteuid() == 0, os.path.join(cfg["dir"], "main.py")
-    with open(main, "rb") as f:
+    """New namespaces, and the program's new root built on a tmpfs mounted over its (host) working
+    directory, which the launcher and the program's parent keep as their cwd."""
+    if SYS_PIVOT_ROOT is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: syscall number unknown on {os.uname().machine}")
+    new, root = cfg["dir"], os.geteuid() == 0
+    workdir = new + cfg["dir"]  # the program's, at the same path inside
+    with open("main.py", "rb") as f:
         source = f.read()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
     _c("unshare", flags if root else flags | CLONE_NEWUSER)
     if not root:
         _map_ids(uid, gid)
     _c("mount", "none", "/", None, MS_REC | MS_PRIVATE, None)
-    if root:
-        _expose(cfg["paths"])
+    _c("mount", "tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=1024,mode=0755")
+    os.umask(0o022)  # the directories made below must be open to the program whatever our umask
+    shown = set()
+    # Sorted by where they lead: a directory mostly before what is in it (else mounted over that).
+    for path in sorted({*SYSTEM_PATHS, *cfg["paths"]}, key=os.path.realpath):
+        if os.path.exists(path):
+            _show(new, os.path.normpath(path), shown)
+    for name, target in (("fd", ""), ("stdin", "/0"), ("stdout", "/1"), ("stderr", "/2")):
+        os.symlink("/proc/self/fd" + target, f"{new}/dev/{name}")  # open("/dev/stdin") is common
+    os.mkdir(new + "/proc")
+    os.makedirs(workdir)
     _c("mount", "tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
        f"size={cfg['max_file_mb']}m,nr_inodes=4096,mode=0700,uid={uid},gid={gid}")
-    with open(main, "wb") as f:
+    with open(workdir + "/main.py", "wb") as f:
         f.write(source)
-    os.chown(main, uid, gid)
-    for path, flags, set_clear in (("/", AT_RECURSIVE, (1, 0)), (workdir, 0, (0, 1))):
-        attr = struct.pack("4Q", *set_clear, 0, 0)  # struct mount_attr {set, clr, ...}: RDONLY = 1
+    os.chown(workdir + "/main.py", uid, gid)
+    # nosuid too: should the program's own user namespace be refused, it runs as nobody in ours
+    for path, flags, set_clear in ((new, AT_RECURSIVE, (MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0)),
+                                   (workdir, 0, (0, MOUNT_ATTR_RDONLY))):
+        attr = struct.pack("4Q", *set_clear, 0, 0)  # struct mount_attr {set, clr, ...}
         _c("syscall", SYS_MOUNT_SETATTR, AT_FDCWD, path, flags, attr, len(attr))
 
 
+def _enter(path):
+    """In the program's process (pid 1 of the new pid namespace): a /proc of that namespace, then
+    pivot_root into the new root (at `path`, the working directory's path inside it too) and detach
+    the old one. The launcher's root moves with it: it opens no file from then on."""
+    # Before the old root goes: a user namespace may mount a proc only where a full one is seen.
+    with contextlib.suppress(OSError):  # a container may forbid it all the same: /proc stays empty
+        _c("mount", "proc", path + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+           None)
+    os.chdir(path)
+    _c("syscall", SYS_PIVOT_ROOT, ".", ".")  # the old root is now mounted over "." ...
+    _c("umount2", ".", MNT_DETACH)  # ... and gone: not even /proc/PID/root leads back to it
+    os.chdir(path)
+
+
 def _start_program(cfg, isolated, uid, gid):
-    """In the forked child (pid 1 of the new pid namespace): drop privileges, limit, exec."""
+    """In the forked child (pid 1 of the new pid namespace): enter, drop privileges, limit, exec."""
     os.setsid()  # its own session: kill(0, ...) from the program cannot reach the launcher
     if isolated:
-        try:
-            _c("mount", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, None)
-        except OSError:  # a container may forbid a new proc: hide the host's processes instead
-            _c("mount", "tmpfs", "/proc", "tmpfs", MS_RDONLY, "size=4k")
-    if isolated and os.geteuid() == 0:
+        _enter(cfg["dir"])
+    if os.geteuid() == 0:  # never root, even where nothing else isolates it
+        if not isolated:  # its working directory, ours until now: it must write there
+            os.chown(".", uid, gid)
+            os.chown("main.py", uid, gid)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
+        if not os.access(sys.executable, os.X_OK):  # unisolated, below /root (mode 700) say
+            raise PermissionError(f"uid {uid} may not run {sys.executable}; root runs no program")
         _c("prctl", PR_SET_DUMPABLE, 1, 0, 0, 0)  # setuid cleared it; /proc/self must stay ours
         with contextlib.suppress(OSError):  # own user namespace: RLIMIT_NPROC counted per sandbox
             _c("unshare", CLONE_NEWUSER)
@@ -208,7 +280,6 @@ def _start_program(cfg, isolated, uid, gid):
                             (resource.RLIMIT_NPROC, cfg["max_processes"], cfg["max_processes"]),
                             (resource.RLIMIT_CORE, 0, 0)):
         resource.setrlimit(res, (soft, hard))
-    os.chdir(cfg["dir"])
     os.execve(sys.executable, [sys.executable, "-I", "-B", "main.py"], _PROGRAM_ENV)
 
 
@@ -220,7 +291,10 @@ def _launch(cfg):
     report = {}
     try:
         _isolate(cfg, uid, gid)
-    except OSError as e:  # namespaces not permitted: run with rlimits alone, and say so
+    except OSError as e:  # namespaces not permitted: rlimits alone, only if asked for
+        if not cfg["unisolated_ok"]:
+            status.write(json.dumps({"refused": str(e)}))
+            return
         report["unisolated"] = str(e)
     pid = os.fork()
     if pid == 0:

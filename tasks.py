@@ -12,28 +12,52 @@ accuracy of the evaluation are `task.grade`.
     task.pass_samples         n, samples of <think1> (and of the model's own tag) for Pass@1 and Pass@k
     task.grade(response, q)   whether the response answers question q right
     task.extract(response)    what a majority vote compares: the final answer, None if there is none
+                              (GPQA: the whole response, as the official votes compare texts)
     task.right(answer, q)     whether an extracted answer is right; grade(r, q) == right(extract(r), q)
-    task.gold(q)              what a vote winner is compared with by ==; None where there is none (code)
+    task.votes                whether the evaluation takes majority votes (Cons@k); False for code
+    task.gold(q)              what a Cons@k winner is compared with by ==, or None where the official
+                              Cons@k grades the winner like any answer, with right (GPQA)
     task.strategies           the strategies that task.classify(response) tells apart ((): none)
     task.classify(response)   the strategy of a response, or None
 
-Three tasks: the synthetic task of the demo (data/synthetic.py), math with gold answers graded by
-math-verify, and code with tests run in the sandbox (rewards.py). A JSONL file is read by the one
-loader of its format, data.load_prompts: math where a line has `answer`, code where it has `tests`.
+Four tasks: the synthetic task of the demo (data/synthetic.py), math with gold answers graded by
+math-verify, code with tests run in the sandbox (rewards.py), and GPQA's multiple choice graded by
+the letter the response gives (choice_letter). A JSONL file is read by the one loader of its format,
+data.load_prompts: math where a line has `answer`, code where it has `tests`, GPQA where it has
+`choices` (data/prompts.py).
 
     python -m pytest -q test_tasks.py
 """
+import re
 from pathlib import Path
 
 import metrics
 from data import DataError, load_prompts, synthetic
 from data.chat import SYSTEM
-from data.prompts import MATH_PROMPT
+from data.prompts import GPQA_PROMPT, LETTERS, MATH_PROMPT
+
+# The official letter extraction (LightEval's lazy_indices_regex for four letter choices, English, with
+# extract_target_from_pred): the patterns in order of priority (0, 50, 100, 150, 200, 210, 250, 300);
+# the first that matches anywhere gives the letter of its rightmost match. "(C)" counts as "C".
+_LETTER = r"(?P<letter>[ABCD]|\([ABCD]\))"  # the four choices' LETTERS
+_END = r"(?:\*\*)?(?:[.,: ]|$)"  # optional bold, then a full stop, comma, colon, space or the end
+_ALONE = rf"(?:^| )(?:\*\*)?{_LETTER}{_END}"  # a letter on its own: at the start or after a space
+CHOICE_PATTERNS = [re.compile(p) for p in (
+    rf"(?i:final answer is):?\s*{_LETTER}\.?\s?I hope",
+    rf"(?i:final answer.{{0,100}}?)\s+is:?\s*{_LETTER}",
+    rf"(?i:answer):.{{0,50}}?{_ALONE}",
+    rf"(?i:answer).{{0,50}}?{_ALONE}",
+    rf"^(?:\*\*)?{_LETTER}{_END}",  # at the start of the response
+    rf"\n(?:\*\*)?{_LETTER}{_END}",  # at the start of a line
+    _ALONE,
+    _LETTER,  # last resort: any capital A to D, even inside a word
+)]
 
 
 class Task:
     """The defaults of the interface: graded through extract and right, no strategies."""
     strategies = ()
+    votes = True
     system = SYSTEM
     max_new = 32768  # the official evaluation's generation length
     samples, pass_samples = 4, metrics.PASS_N
@@ -73,13 +97,15 @@ class SyntheticTask(Task):
 
 class MathTask(Task):
     """Math questions with gold answers, asked with the authors' math prompt and graded as the
-    official evaluation grades (rewards.py: math-verify extraction and comparison)."""
+    official evaluation grades (rewards.py: math-verify extraction and comparison). The gold is the
+    answer, or on MATH-500 the worked solution, which its official task grades against."""
 
     def __init__(self, prompts, name):
         import rewards
         self.rewards, self.name = rewards, name
         self.questions = [MATH_PROMPT.format(question=p.question) for p in prompts]
-        self.answers = [p.answer for p in prompts]
+        official_gold = name in metrics.GOLD_FROM_SOLUTION  # MATH-500: the solution, where the file has it
+        self.answers = [p.solution if official_gold and p.solution else p.answer for p in prompts]
         self.samples = metrics.SAMPLES_PER_TAG.get(name, Task.samples)
         self.golds = {}  # q -> the parsed gold, parsed when first needed: an RL prompt file holds thousands
 
@@ -102,7 +128,7 @@ class CodeTask(Task):
     """Programming problems with LiveCodeBench-style tests: a response is right when its last fenced
     code block passes every test in the sandbox (rewards.py), as LiveCodeBench scores pass@1. A
     response without a code block is wrong, never run."""
-    name = "code"
+    name, votes = "code", False
 
     def __init__(self, prompts):
         import rewards
@@ -117,17 +143,49 @@ class CodeTask(Task):
         return answer is not None and self.rewards.grade_code(answer, *self.tests[q]).passed
 
 
+def choice_letter(text):
+    """The letter (A to D) that the official evaluation reads from a response, None if it finds none."""
+    for pattern in CHOICE_PATTERNS:
+        matches = list(pattern.finditer(text))  # non-overlapping, left to right: the last is the rightmost
+        if matches:
+            return matches[-1].group("letter").strip("()")
+    return None
+
+
+class GPQATask(Task):
+    """Multiple-choice questions (GPQA-Diamond) asked in the official prompt (GPQA_PROMPT) and graded
+    as LightEval's gpqa_instruct metrics grade: the response's choice_letter against the gold letter.
+    The official votes compare whole completion texts and grade the winner like any response, so a
+    vote candidate is the response itself and there is no gold value to compare it with. Pass@1 and
+    maj@k read the text as generated, native Cons@N strips it first: two samples equal but for
+    leading or trailing whitespace, one candidate there and two here, are the only difference."""
+    name = "gpqa"
+    samples = metrics.SAMPLES_PER_TAG.get(name, Task.samples)
+
+    def __init__(self, prompts):
+        self.questions = [GPQA_PROMPT.format(question=p.question, **dict(zip(LETTERS, p.choices))) for p in prompts]
+        self.answers = [p.answer for p in prompts]
+
+    def extract(self, response):
+        return response
+
+    def right(self, answer, q):
+        return answer is not None and choice_letter(answer) == self.answers[q]
+
+
 def load_task(data, *, split="held_out", train_questions=synthetic.TRAIN_QUESTIONS,
               held_out=synthetic.HELD_OUT):
     """The task of --data: "synthetic" (its "train" or "held_out" questions, as data/synthetic.py
-    splits them) or a JSONL file of math or code prompts, one kind per file."""
+    splits them) or a JSONL file of math, code or choice (GPQA) prompts, one kind per file."""
     if data == "synthetic":
         train, rest = synthetic.split(train_questions, held_out)
         return SyntheticTask(train if split == "train" else rest)
     prompts = load_prompts(data)
     kinds = {p.kind for p in prompts}
     if len(kinds) > 1:
-        raise DataError(data, None, None, "mixes math and code prompts; use one kind per file")
+        raise DataError(data, None, None, f"mixes {' and '.join(sorted(kinds))} prompts; use one kind per file")
     if kinds == {"code"}:
         return CodeTask(prompts)
+    if kinds == {"choice"}:
+        return GPQATask(prompts)
     return MathTask(prompts, metrics.benchmark_of(data) or Path(data).stem)

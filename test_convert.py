@@ -1,14 +1,16 @@
 """
-data/convert/ (public.py, code.py) and data/prompts.py: each converter turns a small fixture in
+data/convert/ (public.py, code.py, gpqa.py) and data/prompts.py: each converter turns a small fixture in
 its dataset's real schema into a file that load_traces or load_prompts accepts, and refuses a
 malformed record naming the file, the record and the field; load_prompts on good and bad files.
 
     python -m pytest -q test_convert.py
 """
 import base64
+import csv
 import json
 import os
 import pickle
+import random
 import subprocess
 import sys
 import zlib
@@ -17,8 +19,9 @@ import pytest
 
 from data.convert.__main__ import main
 from data.convert.code import convert_code
+from data.convert.gpqa import convert_gpqa
 from data.convert.public import convert_dapo, convert_s1k, merge_traces
-from data.prompts import load_prompts
+from data.prompts import LETTERS, load_prompts
 from data.traces import DataError, load_traces
 
 # --- fixtures in the datasets' own schemas (texts shortened) ---------------------------------------
@@ -90,6 +93,25 @@ INTELLECT2 = [intellect2_row("prime_rl_code_1", {"inputs": ["2\n1 2\n"], "output
               intellect2_row("prime_rl_code_2", {"fn_name": "add", "inputs": [[1, [2, 3]]], "outputs": [[3, 4]]}),
               {"problem_id": "math_1", "task_type": "verifiable_math", "prompt": "1+1?",
                "verification_info": json.dumps({"ground_truth": "2"}), "solve_rate_qwen_r1_distill_7b": 0.9}]
+
+
+def gpqa_row(i, **change):  # Idavidrein/gpqa, gpqa_diamond.csv: the columns read among a few of the others
+    return {"Pre-Revision Question": "old", "Question": f"Question {i}: which, of \"these\", holds?\nSecond line.",
+            "Correct Answer": f"right {i}", "Incorrect Answer 1": f"wrong {i}.1",
+            "Incorrect Answer 2": f" wrong {i}.2, padded\n", "Incorrect Answer 3": f"wrong {i}.3",
+            "Explanation": "Because.", "Subdomain": "Chemistry (general)", "Record ID": f"rec{i:04d}x",
+            "High-level domain": "Chemistry", **change}
+
+
+GPQA = [gpqa_row(i) for i in range(12)]
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def write_jsonl(path, rows):
@@ -292,22 +314,85 @@ def test_code_refuses_malformed_records(tmp_path, record, message):
         convert_code(src, tmp_path / "out.jsonl")
 
 
+# --- GPQA ---------------------------------------------------------------------------------------------
+
+def fork_gold_indices(n):
+    """What the official gpqa_instruct draws for n rows: Python's global random after lighteval's
+    random.seed(1234), one randint(0, 3) per row (the state is restored for the other tests)."""
+    state = random.getstate()
+    random.seed(1234)
+    try:
+        return [random.randint(0, 3) for _ in range(n)]
+    finally:
+        random.setstate(state)
+
+
+def test_gpqa_orders_the_choices_as_the_official_evaluation(tmp_path):
+    out = tmp_path / "gpqa_diamond.jsonl"
+    convert_gpqa(write_csv(tmp_path / "gpqa_diamond.csv", GPQA), out)
+    prompts = load_prompts(out)
+    assert "".join(p.answer for p in prompts) == "DAAAAAACBAAA"  # the first 12 draws after seed 1234
+    for p, row, gold in zip(prompts, GPQA, fork_gold_indices(len(GPQA))):
+        choices = [row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"]]
+        choices.insert(gold, row["Correct Answer"])
+        assert (p.id, p.kind, p.question, p.choices, p.answer) == (
+            row["Record ID"], "choice", row["Question"], choices, LETTERS[gold])
+    assert prompts[0].choices[1] == " wrong 0.2, padded\n"  # unstripped, as the official prompt shows it
+
+
+def test_gpqa_reads_the_same_rows_from_jsonl(tmp_path):
+    convert_gpqa(write_csv(tmp_path / "gpqa.csv", GPQA), tmp_path / "from-csv.jsonl")
+    convert_gpqa(write_jsonl(tmp_path / "gpqa.jsonl", GPQA), tmp_path / "from-jsonl.jsonl")
+    assert (tmp_path / "from-csv.jsonl").read_text() == (tmp_path / "from-jsonl.jsonl").read_text()
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([GPQA[0], gpqa_row(1, **{"Correct Answer": " "})], "record 1: field 'Correct Answer': is empty"),
+    ([GPQA[0], gpqa_row(1, **{"Question": ""})], "record 1: field 'Question': is empty"),
+    ([GPQA[0], gpqa_row(1, **{"Record ID": ""})], "record 1: field 'Record ID': missing, empty"),
+    ([GPQA[0], gpqa_row(1, **{"Record ID": "rec0000x"})],
+     "record 1: field 'Record ID': duplicate id 'rec0000x' \\(first at record 0\\)"),
+    ([{k: v for k, v in GPQA[0].items() if k != "Incorrect Answer 3"}],
+     "record 0: field 'Incorrect Answer 3': missing"),
+])
+def test_gpqa_refuses_malformed_rows(tmp_path, rows, message):
+    src = write_csv(tmp_path / "gpqa.csv", rows)
+    with pytest.raises(DataError, match=where(src, "") + message):
+        convert_gpqa(src, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_gpqa_bad_csv_files(tmp_path):
+    src = write_csv(tmp_path / "gpqa.csv", GPQA[:2])
+    src.write_text(src.read_text() + "one,field,too,many" + ",x" * len(GPQA[0]) + "\n")
+    with pytest.raises(DataError, match=where(src, "record 2") + ": has 4 more fields than the header"):
+        convert_gpqa(src, tmp_path / "out.jsonl")
+    src.write_bytes(b"Question,Record ID\ncaf\xe9,r1\n")
+    with pytest.raises(DataError, match=where(src, "") + " not valid UTF-8"):
+        convert_gpqa(src, tmp_path / "out.jsonl")
+    src.write_text("Question,Record ID\n")
+    with pytest.raises(DataError, match=r"gpqa\.csv: no records \(the file is empty\)"):
+        convert_gpqa(src, tmp_path / "out.jsonl")
+
+
 # --- the RL prompt loader ------------------------------------------------------------------------------
 
 MATH = {"id": "m1", "question": "What is 2+2?", "answer": 4}
 CODE = {"id": "c1", "question": "Add.", "func_name": "add",
         "tests": [{"input": "1\n2", "output": "3", "testtype": "functional"}]}
+CHOICE = {"id": "g1", "question": "Which is a noble gas?", "choices": ["N2", " Ar", "O2", "H2\n"], "answer": "B"}
 
 
-def test_load_prompts_reads_both_kinds(tmp_path):
+def test_load_prompts_reads_every_kind(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(MATH) + "\n\n" + json.dumps(CODE) + "\n" +
                     json.dumps({"question": "Q", "tests": [{"input": "", "output": "x\n", "testtype": "stdin"}]})
-                    + "\n")
-    m, c, s = load_prompts(path)
-    assert (m.id, m.answer, m.tests, m.kind) == ("m1", "4", None, "math")
-    assert (c.func_name, c.tests[0]["output"], c.kind) == ("add", "3", "code")
+                    + "\n" + json.dumps(CHOICE) + "\n")
+    m, c, s, g = load_prompts(path)
+    assert (m.id, m.answer, m.tests, m.choices, m.kind) == ("m1", "4", None, None, "math")
+    assert (c.func_name, c.tests[0]["output"], c.choices, c.kind) == ("add", "3", None, "code")
     assert (s.id, s.func_name) == ("line4", None)
+    assert (g.choices, g.answer, g.tests, g.kind) == (["N2", " Ar", "O2", "H2\n"], "B", None, "choice")  # as given
 
 
 @pytest.mark.parametrize("line,message", [
@@ -334,6 +419,17 @@ def test_load_prompts_reads_both_kinds(tmp_path):
     (json.dumps({**CODE, "id": "c2", "func_name": "not a name"}), "field 'func_name': must be a Python identifier"),
     (json.dumps({"question": "Q", "func_name": "f", "tests": [{"input": "", "output": "", "testtype": "stdin"}]}),
      "field 'func_name': given but the tests are stdin tests"),
+    (json.dumps({**CHOICE, "choices": ["N2", "Ar", "O2"]}), "field 'choices': must be a list of 4 choices"),
+    (json.dumps({**CHOICE, "choices": "N2 Ar O2 H2"}), "field 'choices': must be a list of 4 choices"),
+    (json.dumps({**CHOICE, "choices": ["N2", "Ar", " ", "H2"]}), r"field 'choices\[2\]': must be a non-empty string"),
+    (json.dumps({**CHOICE, "choices": ["N2", 18, "O2", "H2"]}), r"field 'choices\[1\]': must be a non-empty string"),
+    (json.dumps({**CHOICE, "answer": "E"}), "field 'answer': must be the letter of the right choice, one of A, B"),
+    (json.dumps({**CHOICE, "answer": "b"}), "field 'answer': must be the letter .*; got 'b'"),
+    (json.dumps({**CHOICE, "answer": "AB"}), "field 'answer': must be the letter .*; got 'AB'"),
+    (json.dumps({**CHOICE, "answer": 1}), "field 'answer': must be the letter .*; got 1"),
+    (json.dumps({k: v for k, v in CHOICE.items() if k != "answer"}), "field 'answer': missing"),
+    (json.dumps({**CODE, "id": "c2", "choices": CHOICE["choices"]}), "field 'choices': given together with 'tests'"),
+    (json.dumps({**CHOICE, "func_name": "f"}), "field 'func_name': given for a choice prompt"),
     (json.dumps({**MATH, "id": False}), "field 'id': must be a string or an integer"),
     (json.dumps(MATH), "field 'id': duplicate id 'm1' \\(first on line 1\\)"),
 ])
@@ -362,4 +458,6 @@ def test_cli(tmp_path, capsys):
         main(["s1k", str(src), str(tmp_path / "s1k.jsonl")])
     done = subprocess.run([sys.executable, "-m", "data.convert", "--help"], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.abspath(__file__)))
-    assert done.returncode == 0 and all(c in done.stdout for c in ("s1k", "merge", "dapo", "code"))
+    assert done.returncode == 0 and all(c in done.stdout for c in ("s1k", "merge", "dapo", "code", "gpqa"))
+    main(["gpqa", str(write_csv(tmp_path / "gpqa.csv", GPQA[:3])), str(tmp_path / "gpqa.jsonl")])
+    assert "gpqa: 3 questions" in capsys.readouterr().out and len(load_prompts(tmp_path / "gpqa.jsonl")) == 3

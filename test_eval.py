@@ -8,6 +8,7 @@ whose answers are known), the coverage tag, bad input before anything is loaded,
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ from conftest import ROOT
 from data import encode, forking_tags, prompt_text
 from data.synthetic import make_examples, tokenizer_for
 from metrics import pass_at_k
-from sampling import seeded
-from tasks import SyntheticTask
+from sampling import _nest, seeded
+from tasks import SyntheticTask, load_task
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,111 @@ def test_default_path_end_to_end(tmp_path):
         assert by_t["0.7"][key] == report[key]
     lengths = {t: [tag["mean_length"] for tag in by_t[t]["per_tag"]] for t in by_t}
     assert lengths["0.7"] == [tag["mean_length"] for tag in report["per_tag"]] != lengths["1.5"]
+
+
+def scripted_run(monkeypatch, task, N, text, best, **kwargs):
+    """evaluate() on `task` where sample s of question q under tag i in run r is text(r, q, i, s)
+    (ids: its UTF-8 bytes) and the fork logits put all but e^-40 of the mass on tag best[q]."""
+    Q = len(task.questions)
+    tags = SimpleNamespace(fork_ids=list(range(N)))  # token i is tag i; token N is outside the tags
+    monkeypatch.setattr(ev, "chat_prompts", lambda tok, task, N, shared: SimpleNamespace(
+        ids=[[q] for q in range(Q)], slots=[[i] for i in range(N)], tags=tags, stop=[]))
+
+    def sample(model, shape, job, **settings):
+        flat = []
+        for ix in np.ndindex(*shape):
+            prompt, slot, (_, run, q, i, s) = job(*ix)
+            assert prompt == [q] and slot == [i]  # the job asks for the tag its seed names
+            flat.append(list(text(run, q, i, s).encode()))
+        return _nest(flat, shape)
+
+    monkeypatch.setattr(ev, "sample", sample)
+    monkeypatch.setattr(ev, "fork_logits", lambda model, prompts, qs, budget, world: torch.stack(
+        [torch.tensor([20.0 if j == best[q] else -20.0 for j in range(N + 1)]) for q in qs]))
+    tok = SimpleNamespace(decode=lambda ids, skip_special_tokens: bytes(ids).decode())
+    return ev.evaluate(torch.nn.Linear(1, 1), tok, task, num_tags=N, **kwargs)
+
+
+def check_fork_statistics(d):
+    """best = [0, 1]: each question's own tag is certain, the mean is half and half."""
+    assert d["mean"] == pytest.approx([0.5, 0.5]) and d["entropy_of_mean"] == pytest.approx(np.log(2))
+    assert d["mean_entropy"] == pytest.approx(0, abs=1e-12) and d["outside"] == pytest.approx(0, abs=1e-12)
+
+
+def test_code_task_end_to_end_reports_what_livecodebench_does(tmp_path, monkeypatch):
+    """Code: no votes (no cons@ keys); every other key equals its value worked out by hand; each
+    distinct program of a question runs once in the sandbox."""
+    tests = lambda a, b: [{"input": f"{a} {b}\n", "output": f"{a + b}\n", "testtype": "stdin"}]  # noqa: E731
+    (tmp_path / "code.jsonl").write_text("".join(json.dumps({"question": f"Add {a} and {b}", "tests": tests(a, b)})
+                                                 + "\n" for a, b in ((2, 3), (4, 4))))
+    task = load_task(str(tmp_path / "code.jsonl"))
+    good, bad, prose = "```python\nprint(sum(map(int, input().split())))\n```", "```python\nprint(0)\n```", "Hm."
+    tags_run = [[[good, good], [bad, prose]], [[good, bad], [good, good]]]  # [q][i][s]
+    greedy = [[good, bad], [bad, bad]]  # [q][i]
+    runs = []
+    grade_code = task.rewards.grade_code
+    monkeypatch.setattr(task.rewards, "grade_code",
+                        lambda source, *a, **k: runs.append(source) or grade_code(source, *a, **k))
+
+    def text(run, q, i, s):
+        if run == ev.TAGS:
+            return tags_run[q][i][s]
+        if run == ev.THINK1:
+            return [[good, bad], [bad, prose]][q][s]
+        if run == ev.SELF:  # right exactly when the fork went to the question's best tag
+            return good if i == [1, 0][q] else bad
+        return greedy[q][i]
+
+    r = scripted_run(monkeypatch, task, 2, text, best=[1, 0], samples=2, pass_samples=2)
+    assert set(r) == {"questions", "num_tags", "shared_tag", "samples_per_tag", "pass_samples", "temperature",
+                      "top_p", "max_new", "pass@k_tags", "per_tag", "pass@k", "pass@1", "tag_distribution",
+                      "pass@1_self", "greedy_oracle"}  # no cons@N, cons@k, greedy_cons@N: LCB has no votes
+    assert (r["questions"], r["num_tags"], r["shared_tag"], r["samples_per_tag"], r["pass_samples"]) == (2, 2, 0, 2, 2)
+    assert (r["temperature"], r["top_p"], r["max_new"]) == (0.7, 0.95, 32768)
+    assert [t["accuracy"] for t in r["per_tag"]] == [0.75, 0.5]
+    assert [t["greedy_accuracy"] for t in r["per_tag"]] == [0.5, 0.0]
+    assert [t["mean_length"] for t in r["per_tag"]] == [np.mean([len(good), len(good), len(good), len(bad)]),
+                                                        np.mean([len(bad), len(prose), len(good), len(good)])]
+    assert r["pass@k_tags"] == {1: pytest.approx((2 / 4 + 3 / 4) / 2), 2: pytest.approx((1 - 1 / 6 + 1) / 2)}
+    assert r["pass@1"] == 0.25 and r["pass@k"] == {1: 0.25, 2: 0.5}  # q0: one of two right, q1: none
+    assert r["pass@1_self"] == 1.0 and r["greedy_oracle"] == 0.5
+    check_fork_statistics(r["tag_distribution"])
+    programs = [task.extract(good), task.extract(bad)]
+    assert sorted(runs) == sorted(programs * 2)  # per question: the good and the bad program, once each
+
+
+def test_gpqa_task_end_to_end_votes_on_texts(tmp_path, monkeypatch):
+    """GPQA: votes on whole texts (ties to the first), the winner graded by its letter; every key
+    equals its value worked out by hand."""
+    (tmp_path / "gpqa_diamond.jsonl").write_text("".join(json.dumps(
+        {"question": f"Q{q}?", "choices": ["w", "x", "y", "z"], "answer": gold}) + "\n" for q, gold in enumerate("BD")))
+
+    task = load_task(str(tmp_path / "gpqa_diamond.jsonl"))
+    A = {x: f"Answer: {x}" for x in "ABCD"}
+    tags_run = [[[A["B"], A["B"], A["A"]], [A["A"], A["B"], A["C"]]],  # q0 (gold B): tag 0, tag 1
+                [[A["D"], "no letter", A["C"]], [A["C"], A["C"], A["D"]]]]  # q1 (gold D)
+
+    def text(run, q, i, s):
+        if run == ev.TAGS:
+            return tags_run[q][i][s]
+        if run == ev.THINK1:
+            return [[A["B"], A["A"]], [A["D"], A["D"]]][q][s]
+        if run == ev.SELF:
+            return A["BD"[q]] if i == [0, 1][q] else A["A"]
+        return [[A["B"], A["A"]], [A["C"], A["C"]]][q][i]
+
+    r = scripted_run(monkeypatch, task, 2, text, best=[0, 1], samples=3, pass_samples=2, max_new=100)
+    assert set(r) == {"questions", "num_tags", "shared_tag", "samples_per_tag", "pass_samples", "temperature",
+                      "top_p", "max_new", "pass@k_tags", "per_tag", "pass@k", "pass@1", "tag_distribution",
+                      "pass@1_self", "greedy_oracle", "cons@N", "cons@k_variant", "cons@k", "greedy_cons@N"}
+    assert (r["questions"], r["samples_per_tag"], r["pass_samples"], r["max_new"]) == (2, 3, 2, 100)
+    assert [t["accuracy"] for t in r["per_tag"]] == [0.5, pytest.approx(2 / 6)]
+    assert [t["greedy_accuracy"] for t in r["per_tag"]] == [0.5, 0.0]
+    assert r["pass@k_tags"] == {1: pytest.approx(5 / 12), 2: pytest.approx((0.8 + 0.6) / 2)}
+    # native Cons@2, per sample index: q0 B (a tie, the first), B, A; q1 D (tie), "no letter" (tie), C
+    assert r["cons@N"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    # maj@k in tag-block order (GPQA's official variant): k=2 q0 B, q1 D (tie); k=6 q0 B (3 of 6), q1 C
+    assert r["cons@k_variant"] == "maj_blocks" and r["cons@k"] == {2: 1.0, 6: 0.5}
+    assert r["pass@1"] == 0.75 and r["pass@k"] == {1: 0.75}  # GPQA's official Pass@k: k = 1 only
+    assert r["pass@1_self"] == 1.0 and r["greedy_oracle"] == 0.5 and r["greedy_cons@N"] == 0.5
+    check_fork_statistics(r["tag_distribution"])

@@ -1,30 +1,23 @@
-"""Tests for rewards.py: math answer grading and the code sandbox.
+"""Tests for rewards.py: math grading and votes as the official evaluation casts them (held to the
+decisions bench/official_math.py recorded from the authors' LightEval fork, and to sympy's ==),
+code grading as LiveCodeBench grades, and a grader that turns any text or program into a grade.
+The sandbox the programs run in has its own tests: test_sandbox.py.
 
 Run: python -m pytest -q test_rewards.py
-
-Every attack is bounded even if the sandbox failed (a fork bomb stops at 300 processes, a memory
-bomb at 2 GB, output at 1 GB): CI runs as root, where RLIMIT_NPROC alone would not stop a real
-bomb. After each attack we check that this process survived, that the program's directory is gone
-and that none of its processes is left (a leftover would still show `main.py` in its command line).
 """
 import json
 import os
-import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import metrics
 import rewards
-from rewards import (extract_code, extract_math, grade_code, grade_math, math_equal,
-                     parse_gold, run_program)
+from rewards import extract_code, extract_math, grade_code, grade_math, math_equal, parse_gold
 
 MATH500 = Path(__file__).resolve().parents[1] / "shared" / "data" / "math500.jsonl"
 
@@ -52,7 +45,7 @@ def test_aime_answer_forms(response):
     (r"\boxed{x^2+2x+1}", "(x+1)^2"),  # symbolic equality
     (r"\boxed{(3, \pi/2)}", r"\left( 3, \frac{\pi}{2} \right)"),  # tuples, \left \right
     (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}"),  # text answers
-    (r"\boxed{10\%}", "10"),  # percent
+    (r"\boxed{10\%}", "10"),  # percent (math-verify 0.9; the fork refuses it: see the test below)
     (r"\boxed{x=5}", "5"),  # an assignment against its value
     (r"\boxed{1,2}", "2,1"),  # answer lists are sets
     (r"\boxed{\{1,2\}}", "1,2"),
@@ -62,7 +55,7 @@ def test_aime_answer_forms(response):
     (r"\boxed{5\text{ cm}}", "5"),  # units
     (r"\boxed{30^\circ}", "30"),  # degrees
     (r"\boxed{\begin{pmatrix}1\\2\end{pmatrix}}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
-    (r"The final answer is 70. Hmm, no: \boxed{71}", "71"),  # the later answer counts
+    (r"The final answer is 70. Hmm, no: \boxed{71}", "70"),  # the fork: "final answer ... is" before \boxed
     (r"\boxed{70}", r"so the answer is $\boxed{70}$."),  # gold given as a solution text
     (r"\boxed{70}", "$70$"),
     (r"\boxed{\$18.90}", r"\$18.90"),  # an escaped dollar in a bare gold is not math mode
@@ -86,11 +79,61 @@ def test_equivalent(response, gold):
     ("I do not know.", "70"),  # nothing to extract
     ("", "70"),
     ("So \\boxed{70}.\n\nWait, that is wrong. Starting over, we get \\boxed{71}.", "70"),
-    (r"The final answer is 70. Hmm, no: \boxed{71}", "70"),  # a right answer, then another
+    (r"The final answer is 70. Hmm, no: \boxed{71}", "71"),  # ... however late the \boxed comes
     (r"Therefore, the final answer is: $\boxed{71}$. I hope it is correct", "70"),
 ])
 def test_not_equivalent(response, gold):
     assert not grade_math(response, gold)
+
+
+def test_votes_and_grades_as_the_official_code_on_every_benchmark_gold():
+    """Each gold of AIME 2024/2025 and MATH-500, boxed as given, without whitespace and without
+    \\left/\\right: the same vote candidate as the gold, as each other, and right, exactly where
+    the authors' LightEval fork says so (bench/official_math.py recorded its decisions)."""
+    sys.path.insert(0, str(Path(__file__).parent / "bench"))
+    from official_math import DATA, GOLD_FIELD, variants
+    records = json.loads((Path(__file__).parent / "bench" / "official_math.json").read_text())
+    rows = {name: [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
+            for name in GOLD_FIELD}
+    assert len(records) == sum(map(len, rows.values())) == 560
+    differ = []
+    for r in records:
+        row = rows[r["file"]][r["line"] - 1]
+        gold = str(row[GOLD_FIELD[r["file"]]])
+        responses = variants(str(row["answer"]))
+        ours = [extract_math(t) for t in responses]
+        got = {"same_as_gold": [a == parse_gold(gold) for a in ours],
+               "same_pairs": [ours[0] == ours[1], ours[0] == ours[2], ours[1] == ours[2]],
+               "right": [grade_math(t, gold) for t in responses]}
+        differ += [(r["file"], r["line"], key) for key in got if got[key] != r[key]]
+    # The one known difference, from the comparison and not the extraction: math-verify 0.9 counts
+    # an integer equal to the same integer percent (10 = 10%), the fork's compare_gold_target does
+    # not, and MATH-500's question 68 has the answer "10" but "10\\%" in its solution.
+    assert differ == [("math500", 68, "right")]
+
+
+NEAR_MISSES = ["1/2", "0.5", r"\frac{1}{2}", r"\frac12", "0.50", "x^2+1", "1+x^2", "(1,2)", "[1,2]", r"\{1,2\}",
+               r"\{2,1\}", "1,2", "2,1", r"\sqrt{2}/2", r"\frac{\sqrt2}{2}", "x=5", "5", "y=5", r"5\%", "0.05", r"\pi",
+               "3.14159", r"2\pi", r"\pi 2", "1000", "10^3", r"\begin{pmatrix}1\\2\end{pmatrix}",
+               r"\begin{pmatrix}2\\1\end{pmatrix}", r"\infty", r"-\infty", r"\emptyset", r"\text{Evelyn}", "evelyn",
+               "x", "X", "i", "6-5i", "-5i+6", r"\frac{-1}{2}", r"-\frac{1}{2}", "0.333333", "1/3", "2.0", "2", "(0,1]"]
+
+
+def test_vote_keys_are_equal_exactly_when_sympy_says_so():
+    """MathAnswer == against the official candidates' == (sympy's, on the parsed lists), for every
+    pair of near misses, parsed here with the fork's settings."""
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+    latex = LatexExtractionConfig(boxed_match_priority=55, normalization_config=NormalizationConfig(
+        basic_latex=True, units=True, malformed_operators=True, nits=True, boxed="all", equations=True))
+    texts = [rf"\boxed{{{t}}}" for t in NEAR_MISSES]
+    official = [parse(t, [latex, ExprExtractionConfig()], fallback_mode="no_fallback") for t in texts]
+    ours = [extract_math(t) for t in texts]
+    assert all(official) and all(ours)  # every one parses
+    for a in range(len(texts)):
+        for b in range(len(texts)):
+            assert (ours[a] == ours[b]) == (official[a] == official[b]), (texts[a], texts[b])
+    assert sum(ours[a] == ours[b] for a in range(len(texts)) for b in range(a)) >= 5  # some are one candidate
 
 
 def test_answers_for_majority_votes():
@@ -105,6 +148,16 @@ def test_answers_for_majority_votes():
     votes = [extract_math(r"\boxed{5}"), *same]
     assert max(votes, key=votes.count) == gold  # the official vote: the most common by ==
     assert parse_gold(70) == extract_math("The answer is 070")
+    # The issue's cases: one candidate however it is spaced or delimited, the fallback string gone
+    for response, gold in ((r"\boxed{(3,\frac{\pi}{2})}", r"\left( 3, \frac{\pi}{2} \right)"),
+                           (r"\boxed{p-q}", "p - q"), (r"\boxed{6-5i}", "6 - 5i"), (r"\boxed{070}", "70")):
+        votes = [extract_math(response)] * 3 + [extract_math(r"\boxed{1}")] * 2
+        assert metrics.maj_at_k(votes, parse_gold(gold), 5) == 1.0
+    split = [extract_math(r"\boxed{p-q}"), extract_math(r"so $p - q$"), extract_math(r"\boxed{q}")]
+    assert metrics.vote(split) == split[0] == split[1] != split[2]
+    # sympy's == is structural: the official votes keep these apart, and grade both right
+    assert extract_math(r"\boxed{x^2+1}") != extract_math(r"\boxed{1+x^2}")
+    assert grade_math(r"\boxed{1+x^2}", "x^2+1") and grade_math(r"\boxed{x^2+1}", "x^2+1")
 
 
 def test_pathological_response_is_cut_off():
@@ -137,232 +190,6 @@ def test_grading_from_threads():
     for t in threads:
         t.join()
     assert results == {i: True for i in range(4)}
-
-
-# --------------------------------------------------------------------------------- sandbox
-ISOLATED = run_program("pass").isolated
-needs_namespaces = pytest.mark.skipif(not ISOLATED, reason="namespaces are not permitted here")
-
-
-def leftovers():
-    """Processes whose command line names a sandboxed program or an attack's marker."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"ssft-attack" in cmd or (b"main.py" in cmd and b"-I\0-B" in cmd):
-            found.append((pid, cmd))
-    return found
-
-
-def sandbox_dirs():
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("ssft-sandbox-")}
-
-
-def attack(source, **limits):
-    """Run an attack; check that we survived and that it left nothing behind."""
-    before = sandbox_dirs()
-    result = run_program(source, **limits)
-    assert sandbox_dirs() == before and leftovers() == []
-    return result
-
-
-def test_correct_and_wrong_programs():
-    ok = run_program("a, b = map(int, input().split())\nprint(a + b)", "2 3\n")
-    assert (ok.status, ok.stdout, ok.returncode) == ("ok", "5\n", 0)
-    crash = run_program("raise SystemExit(3)")
-    assert (crash.status, crash.returncode) == ("runtime_error", 3)
-    assert "ZeroDivisionError" in run_program("1 / 0").stderr
-    big = run_program("import sys; print(len(sys.stdin.read()))", "x" * 1_000_000)
-    assert big.stdout == "1000000\n"
-    utf8 = run_program("print(input()[::-1], 'é')", "été ✓\n")
-    assert utf8.stdout == "✓ été é\n"
-
-
-def test_infinite_loop():
-    result = attack("while True:\n    pass", timeout_s=1.0)
-    assert result.status == "timeout" and result.seconds < 4.0
-
-
-def test_sleeping_program_hits_the_wall_clock():
-    result = attack("import time\ntime.sleep(30)", timeout_s=1.0)
-    assert result.status == "timeout" and result.seconds < 4.0
-
-
-@needs_namespaces
-def test_fork_bomb():
-    # Stops at 300 processes even if nothing limits it; each child sleeps, then exits.
-    bomb = """
-import os, time
-n = 0
-try:
-    for _ in range(300):
-        if os.fork() == 0:
-            time.sleep(20)
-            os._exit(0)
-        n += 1
-finally:
-    print(n, flush=True)
-"""
-    result = attack(bomb, max_processes=16)
-    assert int(result.stdout.split()[0]) < 16
-
-
-def test_memory_bomb():
-    bomb = "x = []\nfor _ in range(20):\n    x.append(bytearray(100 << 20))\nprint('alive')"
-    result = attack(bomb, memory_mb=256)
-    assert result.status == "memory" and "alive" not in result.stdout
-
-
-@needs_namespaces
-def test_write_outside_the_working_directory(tmp_path):
-    targets = [tmp_path / "pwned", Path(tempfile.gettempdir()) / f"ssft-attack-{os.getpid()}",
-               Path(__file__).resolve().parent / "ssft-attack-pwned", Path("/var/tmp/ssft-attack")]
-    os.chmod(tmp_path, 0o777)  # open to anyone: only the sandbox can refuse
-    probe = f"""
-import os
-for path in {[str(t) for t in targets]!r}:
-    try:
-        open(path, "w").write("x")
-        print("WROTE", path)
-    except OSError as e:
-        print("refused", path, e.strerror)
-open("inside.txt", "w").write("fine")
-print("cwd", os.getcwd(), open("inside.txt").read())
-"""
-    try:
-        result = attack(probe)
-        assert "WROTE" not in result.stdout and "fine" in result.stdout, result.stdout
-        assert not any(t.exists() for t in targets)
-    finally:  # should it have got through, leave nothing in the repository or /tmp
-        for t in targets:
-            t.unlink(missing_ok=True)
-    cwd = re.search(r"cwd (\S+)", result.stdout).group(1)
-    assert not os.path.exists(cwd)  # the working directory is removed afterwards
-
-
-@needs_namespaces
-def test_reading_the_parents_environment():
-    # The caller is started with the secret in its environment (so also in /proc/PID/environ).
-    probe = """
-import glob, os
-print(dict(os.environ))
-for path in glob.glob("/proc/*/environ") + [f"/proc/{os.getppid()}/environ"]:
-    try:
-        print(path, open(path, "rb").read())
-    except OSError as e:
-        print(path, e)
-"""
-    caller = f"from rewards import run_program\nprint(run_program({probe!r}).stdout)"
-    done = subprocess.run([sys.executable, "-c", caller], capture_output=True, text=True,
-                          env={**os.environ, "SSFT_SECRET": "hunter2-ssft"}, timeout=60,
-                          cwd=Path(__file__).parent)
-    assert "/proc/1/environ" in done.stdout and "hunter2" not in done.stdout, done.stderr
-    assert leftovers() == []
-
-
-@needs_namespaces
-def test_network_connection():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    port = server.getsockname()[1]
-    probe = f"""
-import socket
-for address in [("127.0.0.1", {port}), ("1.1.1.1", 53), ("8.8.8.8", 443)]:
-    try:
-        socket.create_connection(address, timeout=2).close()
-        print("CONNECTED", address)
-    except OSError as e:
-        print("refused", address, e)
-"""
-    try:
-        result = attack(probe)
-    finally:
-        server.close()
-    assert result.status == "ok" and "CONNECTED" not in result.stdout, result.stdout
-
-
-def test_huge_output():
-    # At most 1 GB even if nothing stops it.
-    result = attack("import sys\nfor _ in range(10_000):\n    sys.stdout.write('x' * 100_000)",
-                    max_file_mb=1)
-    assert result.status == "output_limit" and len(result.stdout) == 1 << 20
-    assert result.seconds < 5.0
-
-
-@needs_namespaces
-def test_child_that_outlives_its_parent():
-    # Double fork: a grandchild in its own session, so killing the program's group misses it.
-    probe = """
-import os, sys, time
-
-def cmdline(pid):
-    try:
-        return open(f"/proc/{pid}/cmdline", "rb").read()
-    except OSError:  # gone meanwhile
-        return b""
-
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        sleeper = [sys.executable, "-c", "import time; time.sleep(20)", "ssft-attack"]
-        os.execv(sys.executable, sleeper)
-    os._exit(0)
-for _ in range(100):  # wait until the sleeper runs
-    time.sleep(0.05)
-    if any(b"ssft-attack" in cmdline(p) for p in os.listdir("/proc") if p.isdigit()):
-        print("sleeper running")
-        break
-"""
-    result = attack(probe)
-    assert result.status == "ok" and "sleeper running" in result.stdout, result.stderr
-
-
-@needs_namespaces
-def test_killing_the_parent():
-    probe = f"""
-import os, signal
-for pid in (os.getppid(), {os.getpid()}):
-    try:
-        os.kill(pid, signal.SIGKILL)
-        print("sent", pid)
-    except OSError as e:
-        print("refused", pid, e.strerror)
-"""
-    attack(probe)  # we are still here to check: that is the test
-
-
-@needs_namespaces
-def test_isolation_facts():
-    probe = """
-import os
-print(os.getpid(), os.getppid(), sum(map(str.isdigit, os.listdir("/proc"))))
-"""
-    result = run_program(probe)
-    assert result.isolated and result.stdout.split() == ["1", "0", "1"]  # alone in its pid ns
-    if os.geteuid() == 0:
-        assert run_program("import os\nprint(os.getuid())").stdout == "65534\n"
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="root and setpriv")
-def test_fallback_without_namespaces():
-    # Without CAP_SYS_ADMIN root may not unshare: the run falls back to rlimits and says so.
-    script = """
-import json, warnings
-from rewards import run_program
-warnings.simplefilter("ignore")
-runs = [run_program("print(6 * 7)"), run_program("while True: pass", timeout_s=1.0),
-        run_program("x = bytearray(1 << 31)", memory_mb=256)]
-print(json.dumps([(r.status, r.isolated, r.stdout) for r in runs]))
-"""
-    done = subprocess.run(["setpriv", "--bounding-set=-sys_admin", sys.executable, "-c", script],
-                          capture_output=True, text=True, cwd=Path(__file__).parent, timeout=60)
-    assert json.loads(done.stdout) == [["ok", False, "42\n"], ["timeout", False, ""],
-                                       ["memory", False, ""]], done.stderr
-    assert leftovers() == []
 
 
 # ----------------------------------------------------------------------------- grade_code
@@ -419,3 +246,90 @@ def test_extract_code():
     response = "Idea...\n```python\nprint(1)\n```\nBetter:\n```python\nprint(2)\n```\nDone."
     assert extract_code(response) == "print(2)"
     assert extract_code("no code") == ""
+
+
+FUNCTIONAL = [{"input": "[2, 7, 11, 15]\n9", "output": "[0, 1]", "testtype": "functional"}]
+
+
+@pytest.mark.parametrize("source,passed", [
+    # LiveCodeBench imports a functional solution as a module: a demo under __main__ never runs
+    ("class Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]\n"
+     "if __name__ == '__main__':\n    print(Solution().twoSum(*eval(input())))", True),
+    # its == sees the value: a numpy integer equals the int, an outer tuple counts as a list...
+    ("import numpy as np\ndef twoSum(nums, target):\n    return [np.int64(0), np.int32(1)]", True),
+    ("def twoSum(nums, target):\n    return (0, 1)", True),
+    ("def twoSum(nums, target):\n    return [True, 1]", False),  # [True, 1] == [0, 1] is False
+    # ... an inner tuple does not, nor a dict keyed by ints, a numpy array, a set or an object
+    ("def twoSum(nums, target):\n    return [(0, 1)]", False),
+    ("import numpy as np\ndef twoSum(nums, target):\n    return np.array([0, 1])", False),
+    ("def twoSum(nums, target):\n    return {0, 1}", False),
+    ("class Any:\n    def __eq__(self, other): return True\ndef twoSum(nums, target):\n    return Any()", False),
+    # leaving without returning is no answer, whatever was printed before
+    ("def twoSum(nums, target):\n    import sys\n    print('[0, 1]')\n    sys.exit(0)", False),
+    ("print('\\n[0, 1]')\nraise SystemExit\ndef twoSum(nums, target):\n    return [0, 1]", False),
+])
+def test_functional_results_as_livecodebench_compares_them(source, passed):
+    assert grade_code(source, FUNCTIONAL, func_name="twoSum").passed == passed
+
+
+def test_functional_dicts_and_nested_values():
+    tests = [{"input": "3", "output": '{"a": [1, [2, 3]], "b": null}', "testtype": "functional"}]
+    assert grade_code("def f(n):\n    return {'b': None, 'a': [1, [2, n]]}", tests, func_name="f").passed
+    assert not grade_code("def f(n):\n    return {'b': None, 'a': [1, (2, n)]}", tests, func_name="f").passed
+
+
+@pytest.mark.parametrize("source,passed", [
+    ("print(5)\nimport sys\nsys.exit(0)", True),
+    ("print(5)\nexit(3)", True),  # LiveCodeBench catches SystemExit and grades what was printed
+    ("import sys\nsys.exit(0)\nprint(5)", False),
+    ("print(5)\nimport os\nos._exit(1)", False),  # a process that dies is a runtime error
+])
+def test_stdin_program_that_exits(source, passed):
+    assert grade_code(source, [{"input": "", "output": "5", "testtype": "stdin"}]).passed == passed
+
+
+MARK = repr(rewards._MARK)
+HOSTILE_OUTPUT = [  # programs whose output, stdin or functional, must become a grade
+    "import sys, os\nsys.stdout.buffer.write(os.urandom(100_000))",
+    "sys.stdout.buffer.write(b'\\xff\\xfe\\xc3(\\xa0\\xa1 5\\n')",
+    "print('9' * 100_000)", "print('1e999999999 -1E-999999999')",
+    "print('sNaN')", "print('-sNaN 5')", "print('NaN')", "print('Infinity inf -Infinity')",
+    "print('[' * 100_000)", "print('x' * 10_000_000)",
+    f"print({MARK} + '[' * 100_000)", f"print({MARK} + '{{}}')", f"print({MARK} + '{{\"tuple\": 1}}')",
+    f"print({MARK} + '{{\"dict\": [[[1], 2]]}}')", f"print({MARK} + '{{\"dict\": 5}}')",
+    f"print({MARK} + '{{\"a\": 1, \"b\": 2}}')", f"print({MARK} + '9' * 100_000)", f"print({MARK} + 'NaN')",
+]
+
+
+@pytest.mark.parametrize("printing", HOSTILE_OUTPUT)
+def test_grader_never_raises_on_program_output(printing):
+    for testtype in ("stdin", "functional"):
+        source = printing if testtype == "stdin" else f"def f(x):\n    pass\n{printing}"
+        test = {"input": "5", "output": "5", "testtype": testtype}
+        grade = grade_code(source, [test], func_name="f" if testtype == "functional" else None)
+        assert grade.passed is False and len(grade.results) == 1
+
+
+@pytest.mark.parametrize("value", ["float('nan')", "float('inf')", "10 ** 5000", "eval('[' * 50_000 + ']' * 50_000)",
+                                   "'\\ud800'", "b'5'", "[[[]]] * 10 ** 6", "print"])
+def test_grader_never_raises_on_returned_values(value):
+    tests = [{"input": "5", "output": "5", "testtype": "functional"}]
+    grade = grade_code(f"import sys\nsys.setrecursionlimit(10 ** 6)\ndef f(x):\n    return {value}", tests,
+                       func_name="f")
+    assert grade.passed is False and len(grade.results) == 1
+
+
+FUZZ_TEXTS = [
+    os.urandom(20_000).decode("utf-8", "surrogateescape"),  # invalid UTF-8 as lone surrogates
+    "\\boxed{" + "9" * 100_000 + "}", r"\boxed{10^{10^{10^{10}}}}", "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",
+    r"\boxed{NaN} or \boxed{sNaN} or $Infinity$ or \boxed{\infty}", "\x00" * 1000 + r"\boxed{5}",
+    "The answer is " + "12 + 3 = 15, " * 800_000,  # 10 MB
+]
+
+
+@pytest.mark.parametrize("text", FUZZ_TEXTS, ids=range(len(FUZZ_TEXTS)))
+def test_math_grading_never_raises(text):
+    # a short backstop: what the fork's own limits would allow (40 s a parse) is cut at 3 s here
+    assert grade_math(text, "5", timeout_s=3) in (True, False)
+    assert extract_math(text, timeout_s=3) is None or isinstance(extract_math(text, timeout_s=3), rewards.MathAnswer)
+    assert grade_math(r"\boxed{5}", text[:1000], timeout_s=3) in (True, False)  # as a gold, too

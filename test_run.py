@@ -17,6 +17,7 @@ import time
 import pytest
 
 import checkpoint
+import run
 import ssft
 from conftest import CPU_ENV, ROOT, TORCHRUN, one_line_error, read_metrics, ssft_cli
 from conftest import TINY_RUN as TINY
@@ -217,6 +218,14 @@ def test_resume_of_a_finished_run_says_so_or_trains_longer(tmp_path, full_run, c
     assert len(losses(out)) == 10
     proc = ssft_cli(["--out", str(out), "--resume", "--mode", "random"])
     one_line_error(proc, "--mode random: the run in")
+
+
+def test_metrics_reader_skips_what_a_crash_leaves(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert run.read_metrics(path) == []  # no file yet
+    path.write_text('{"step": 1, "loss": 2.0}\n[1, 2]\n{"loss": 1.0}\n{"step": "2"}\n\n{"step": 2, "loss": NaN}\n{"st')
+    records = run.read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2] and records[0] == {"step": 1, "loss": 2.0}
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -2,7 +2,9 @@
 tasks.py: the one interface of a benchmark. Each task's grade equals right(extract(.)) on
 responses right, wrong and without an answer; benchmark and prompt files are read by the one
 loader of the format (the real AIME and MATH-500 files, which name the question `problem`); a
-response without a code block is wrong without being run; a file mixing math and code is refused.
+response without a code block is wrong without being run; a file mixing kinds is refused. GPQA's
+letter extraction gives the letter that the official (LightEval) extraction gives on hostile
+responses, and its questions are the official prompt.
 
     python -m pytest -q test_tasks.py
 """
@@ -15,7 +17,7 @@ from conftest import ROOT
 from data import DataError
 from data.prompts import MATH_PROMPT
 from data.synthetic import make_examples
-from tasks import CodeTask, MathTask, SyntheticTask, load_task
+from tasks import CodeTask, GPQATask, MathTask, SyntheticTask, choice_letter, load_task
 
 SHARED = ROOT.parent / "shared" / "data"
 ADD = "```python\nclass Solution:\n    def add(self, a, b):\n        return a {} b\n```"
@@ -55,6 +57,10 @@ def test_math_tasks_read_the_benchmarks_and_name_their_protocol():
                             (r"\boxed{205}", False), ("no answer here", False), ("The answer is 204", True)]:
         assert aime.grade(response, 0) == right == aime.right(aime.extract(response), 0), response
     assert aime.extract("The answer is 070") == aime.extract(r"$\boxed{70}$") and aime.extract("nothing") is None
+    # the official golds: AIME's answer, MATH-500's worked solution (its question 68: "10", the solution 10\%)
+    rows = [json.loads(line) for line in (SHARED / "math500.jsonl").read_text().splitlines()]
+    assert math500.answers == [r["solution"] for r in rows] and aime.answers[0] == str(first["answer"])
+    assert math500.grade(r"\boxed{10\%}", 67) and not aime.grade(r"\boxed{205}", 0)
 
 
 def test_code_task_grades_by_execution(tmp_path):
@@ -75,10 +81,69 @@ def test_a_response_without_code_is_never_run(tmp_path, monkeypatch):
     assert not task.grade("I would print nothing.", 0)
 
 
+# The letter LightEval's extraction (lazy_indices_regex, extract_target_from_pred) reads from each
+# response, as its code at the fork's commit gives it; None: it extracts nothing, and the response is wrong.
+LETTER_CASES = [
+    ("Answer: C", "C"),
+    ("**Answer:** (C)", "C"),
+    ("The final answer is B. I hope it is correct", "B"),
+    ("Option A fails. B is close; C too.\nOnly D fits.\n\nAnswer: D", "D"),  # letters in the reasoning, then the answer
+    ("A looks right, then (B), then C.\nThe answer is (A).", "A"),
+    ("Answer: A\nWait, actually answer: B", "B"),  # the rightmost match of the best pattern
+    ("Answer: (B) or maybe (C)", "B"),  # the lazy .{0,50}? stops at the first letter after "Answer:"
+    ("Between A and B, I pick B\n\nAnswer: A", "A"),
+    ("Thinking... so the final answer is: C", "C"),
+    ("Answer: **D**", "D"),
+    ("answer: D", "D"),
+    ("answer: d", None),  # the letters are capitals only
+    ("the answer is b", None),
+    ("I cannot decide between these options.", None),
+    ("", None),
+    ("The answer is Alanine", "A"),  # not as a word, but the last resort takes any capital A to D
+    ("Answer: Cyclohexane", "C"),
+    ("DNA and RNA differ.", "A"),  # ... the rightmost one
+    ("Answer: E", "A"),  # E is no choice; the last resort finds the A of "Answer"
+    ("answer: e", None),
+    ("ANSWER: c", "A"),
+    ("Answer:\nB", "B"),  # "." stops at a newline: B is found at the start of a line
+    ("A. yes\nB. no", "A"),  # the start of the response outranks the start of a line
+    ("\nA. yes\nB. no", "B"),  # ... which is why a leading newline can change the letter
+    ("(D)", "D"),
+    ("Answer: A) 3.2 eV", "A"),
+]
+
+
+@pytest.mark.parametrize("text,letter", LETTER_CASES)
+def test_choice_letter_is_the_official_extraction(text, letter):
+    assert choice_letter(text) == letter
+
+
+def test_gpqa_task_asks_the_official_prompt_and_grades_the_letter(tmp_path):
+    path = tmp_path / "gpqa_diamond.jsonl"
+    path.write_text(json.dumps({"id": "rec1", "question": "Which is a noble gas?", "answer": "B",
+                                "choices": ["N2", " Ar", "O2", "H2\n"]}) + "\n")
+    task = load_task(path)
+    assert isinstance(task, GPQATask) and (task.name, task.votes) == ("gpqa", True)
+    assert task.samples == metrics.SAMPLES_PER_TAG["gpqa"] == 6  # the official 36 samples = 6 tags x 6
+    assert task.questions[0] == (  # LightEval's gpqa_instruct, choices as given
+        "Answer the following multiple choice question. The last line of your response should be of the following "
+        "format: 'Answer: $LETTER' (without quotes) where LETTER is one of ABCD. Think step by step before "
+        "answering.\n\nWhich is a noble gas?\n\nA) N2\nB)  Ar\nC) O2\nD) H2\n")
+    for response, right in [("Argon is inert.\n\nAnswer: B", True), ("Answer: (B)", True), ("**Answer:** A", False),
+                            ("answer: b", False), ("", False), ("The final answer is B. I hope it is correct", True)]:
+        assert task.grade(response, 0) == right == task.right(task.extract(response), 0), response
+    assert task.extract("  Answer: B\n") == "  Answer: B\n" and task.extract("") == ""  # votes compare texts
+    assert task.grade("\nA. yes\nB. no", 0)  # read as generated: B opens the last line (stripped, A opens the text)
+    assert task.gold(0) is None and task.right(None, 0) is False
+    assert CodeTask.votes is False
+
+
 @pytest.mark.parametrize("lines,message", [
     ([{"question": "1+1?", "answer": "2"}, {"question": "f", "func_name": "f",
                                              "tests": [{"input": "1", "output": "1", "testtype": "functional"}]}],
-     "mixes math and code prompts"),
+     "mixes code and math prompts"),
+    ([{"question": "1+1?", "answer": "2"}, {"question": "Q", "choices": ["1", "2", "3", "4"], "answer": "B"}],
+     "mixes choice and math prompts"),
     ([{"problem": "1+1?"}], ":1: field 'answer': missing"),
     ([{"answer": "2"}], ":1: field 'question': missing"),
     ([{"problem": "  ", "answer": "2"}], ":1: field 'problem': must be a non-empty string"),

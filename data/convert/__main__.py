@@ -1,9 +1,10 @@
-"""The converters' command line: `python -m data.convert {s1k,merge,dapo,code} ...` (see __init__.py)."""
+"""The converters' command line: `python -m data.convert {s1k,merge,dapo,code,gpqa} ...` (see __init__.py)."""
 import argparse
 import sys
 
 from data.convert import __doc__ as DOC
 from data.convert.code import convert_code
+from data.convert.gpqa import convert_gpqa
 from data.convert.public import convert_dapo, convert_s1k, merge_traces
 from data.traces import DataError
 
@@ -27,6 +28,9 @@ def main(argv=None):
     p = sub.add_parser("code", help="LiveCodeBench code_generation_lite or INTELLECT-2 RL data -> code prompts")
     p.add_argument("input", help=".jsonl, .json or .parquet")
     p.add_argument("output", help="prompt .jsonl to write")
+    p = sub.add_parser("gpqa", help="GPQA (Idavidrein/gpqa) -> multiple-choice prompts in the official choice order")
+    p.add_argument("input", help="gpqa_diamond.csv (or .jsonl, .json, .parquet with its columns)")
+    p.add_argument("output", help="prompt .jsonl to write")
     args = ap.parse_args(argv)
     try:
         if args.command == "s1k":
@@ -37,8 +41,10 @@ def main(argv=None):
             merge_traces(args.files[0], args.files[1:-1], args.files[-1], args.by, args.allow_unmatched)
         elif args.command == "dapo":
             convert_dapo(args.input, args.output)
-        else:
+        elif args.command == "code":
             convert_code(args.input, args.output)
+        else:
+            convert_gpqa(args.input, args.output)
     except DataError as e:
         sys.exit(f"error: {e}")
 

@@ -1,9 +1,12 @@
 """
-Reading the inputs of the converters (JSONL, JSON or Parquet, record by record, each named for the
-error messages) and writing their outputs (JSONL, atomically); field readers shared by all of them.
+Reading the inputs of the converters (JSONL, JSON, CSV or Parquet, record by record, each named
+for the error messages) and writing their outputs (JSONL, atomically); field readers shared by all
+of them.
 
     python -m pytest -q test_convert.py
 """
+import csv
+import io
 import json
 import os
 import tempfile
@@ -12,8 +15,8 @@ from data.traces import DataError, read_jsonl
 
 
 def iter_records(path):
-    """Yield (where, record) for every record of a JSONL, JSON or Parquet file; where is what
-    DataError prints after the file name."""
+    """Yield (where, record) for every record of a JSONL, JSON, CSV or Parquet file; where is what
+    DataError prints after the file name. A CSV record is a dict of the header's columns to strings."""
     if str(path).endswith(".parquet"):
         try:
             import pyarrow.parquet as pq
@@ -28,14 +31,11 @@ def iter_records(path):
             for record in batch.to_pylist():
                 yield f"record {i}", record
                 i += 1
+    elif str(path).endswith(".csv"):
+        yield from csv_records(path)
     elif str(path).endswith(".json"):
         try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except OSError as e:
-            raise DataError(path, None, None, f"cannot read ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise DataError(path, None, None, f"not valid UTF-8 (byte {e.start})") from None
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise DataError(path, None, None,
                             f"invalid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
@@ -46,6 +46,32 @@ def iter_records(path):
         yield from ((f"record {i}", record) for i, record in enumerate(data))
     else:
         yield from read_jsonl(path)
+
+
+def read_text(path, encoding="utf-8"):
+    """The whole file as text; an unreadable file or bytes that do not decode raise DataError."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(encoding)
+    except OSError as e:
+        raise DataError(path, None, None, f"cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, None, None, f"not valid UTF-8 (byte {e.start})") from None
+
+
+def csv_records(path):
+    """The rows of a CSV file with a header line, as dicts; a field may span lines when quoted, so a
+    row is named by its index from 0 (as the dataset's rows are), not by a line of the file."""
+    reader = csv.DictReader(io.StringIO(read_text(path, "utf-8-sig"), newline=""))  # -sig: a leading BOM
+    n = 0  # the row being read
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(path, f"record {n}", None, f"has {len(row[None])} more fields than the header")
+            yield f"record {n}", row
+            n += 1
+    except csv.Error as e:
+        raise DataError(path, f"record {n}", None, f"invalid CSV ({e})") from None
 
 
 def write_jsonl(path, rows):
