@@ -82,9 +82,10 @@ def left_padded(seqs, pad_id, device):
     return ids, positions, (mask | torch.eye(P, dtype=torch.bool, device=device))[:, None]
 
 
-def forward_rows(model, rows, budget, world, pad_id, per_token=False):
+def forward_rows(model, rows, budget, world, pad_id, per_token=False, temperature=1.0):
     """For each micro-batch: (row indices, nll_sum (B,) fp32, n_tokens (B,)) of (ids, targets) rows,
-    or per_token, (row indices, nll (B, T), mask (B, T)) (see model.row_nll)."""
+    or per_token, (row indices, nll (B, T), mask (B, T)) (see model.row_nll); the NLL under the
+    logits / temperature."""
     all_micro = passes(world, micro_batches([len(ids) for ids, _ in rows], budget))
     for k, micro in enumerate(all_micro):
         sync_gradients(model, k == len(all_micro) - 1)  # reduce over ranks once, after the last pass
@@ -93,7 +94,8 @@ def forward_rows(model, rows, budget, world, pad_id, per_token=False):
             continue
         ids, _ = pad([rows[i][0] for i in micro], pad_id, world.device)
         targets, _ = pad([rows[i][1] for i in micro], IGNORE_INDEX, world.device)
-        nll, n = model(ids, targets=targets, per_token=per_token)  # (B,) summed NLL of each row, (B,) its tokens
+        # (B,) summed NLL of each row and (B,) its tokens, or per token (B, T) and (B, T)
+        nll, n = model(ids, targets=targets, per_token=per_token, temperature=temperature)
         yield micro, nll, n
 
 

@@ -80,7 +80,7 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
                  **settings)
     texts = [[[decode(ids) for ids in tag] for tag in by_tag] for by_tag in gen]
     lengths = np.array([[[len(ids) for ids in tag] for tag in by_tag] for by_tag in gen])  # (Q, N, S)
-    answers = [[[task.extract(t) for t in tag] for tag in by_tag] for by_tag in texts]
+    answers = [[[task.extract(t, q) for t in tag] for tag in by_tag] for q, by_tag in enumerate(texts)]
     graded = [{} for _ in range(Q)]  # graded[q][answer]: each distinct answer graded once, vote winners too
 
     def right(q, answer):
@@ -111,7 +111,7 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
         report["pass@1_tag"] = {"tag": f"<think{coverage + 1}>", "accuracy": report["per_tag"][coverage]["accuracy"]}
     # the think1 run: pass@1 and the pass@k curve
     gen = sample(model, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[0], (seed, THINK1, q, 0, s)), **settings)
-    c = [sum(right(q, task.extract(decode(ids))) for ids in gen[q]) for q in range(Q)]
+    c = [sum(right(q, task.extract(decode(ids), q)) for ids in gen[q]) for q in range(Q)]
     report["pass@k"] = {k: float(np.mean([metrics.pass_at_k(n, cq, k) for cq in c]))
                         for k in sorted({1, *[k for k in metrics.PASS_KS.get(task.name, (N, n)) if k <= n]})}
     report["pass@1"] = report["pass@k"][1]
@@ -124,14 +124,14 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
                            [[(seed, SELF_FORKS, q, 0, s) for s in range(n)] for q in range(Q)])  # (Q, n)
         gen = sample(model, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[int(forks[q, s])],
                                                   (seed, SELF, q, int(forks[q, s]), s)), **settings)
-        report["pass@1_self"] = float(np.mean([right(q, task.extract(decode(ids))) for q in range(Q)
+        report["pass@1_self"] = float(np.mean([right(q, task.extract(decode(ids), q)) for q in range(Q)
                                                for ids in gen[q]]))
     # the greedy run: one answer per tag
     if greedy:
         gen = sample(model, (Q, N), lambda q, i: (prompts.ids[q], prompts.slots[i], (seed, GREEDY, q, i, 0)),
                      **{**settings, "temperature": 0.0})
         g_texts = [[decode(ids) for ids in by_tag] for by_tag in gen]  # g_texts[q][i]
-        g_ans = [[task.extract(t) for t in by_tag] for by_tag in g_texts]
+        g_ans = [[task.extract(t, q) for t in by_tag] for q, by_tag in enumerate(g_texts)]
         g_ok = np.array([[right(q, a) for a in g_ans[q]] for q in range(Q)])  # (Q, N)
         if task.votes:
             report["greedy_cons@N"] = float(np.mean([right(q, metrics.vote(g_ans[q])) for q in range(Q)]))
@@ -250,7 +250,8 @@ def evaluate_run(model_path, task, num_tags, *, shared_tag=False, out_file=None,
 @dataclass
 class EvalConfig:
     model: str = arg("out/ssft", "a HF model directory or a run directory (its model/)", kind="checkpoint")
-    data: str = arg("synthetic", "'synthetic' (the held-out questions of ssft.py) or a JSONL benchmark", kind="data")
+    data: str = arg("synthetic", "'synthetic' or 'synthetic-short' (the held-out questions of ssft.py) or a JSONL "
+                                 "benchmark", kind="data")
     num_tags: int = arg(6, "N: tags <think1>..<thinkN> (with --shared-tag: slots of <think>)", low=2)
     samples: int = arg(0, "S: samples per tag in the tags run (0: the task's, the official count where known)",
                        low=0)

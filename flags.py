@@ -56,8 +56,8 @@ def check_value(f, value):
         return ((f"is neither a preset ({', '.join(PRESETS)}) nor " if kind == "model" else "is not ")
                 + "a model directory (config.json) or a run directory with model/"
                 + (" (has its training finished?)" if (path / "checkpoint").is_dir() else ""))
-    if kind == "data" and value != "synthetic" and not path.is_file():
-        return "must be 'synthetic' or an existing file"
+    if kind == "data" and value not in ("synthetic", "synthetic-short") and not path.is_file():
+        return "must be 'synthetic', 'synthetic-short' or an existing file"
     if kind == "file" and value and not path.is_file():
         return "must be an existing file"
     if kind == "out":

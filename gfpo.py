@@ -22,24 +22,28 @@ one to open. Every step, for each prompt x of the batch:
      #kept rollouts and #prompts count the global batch.                          (gfpo_objective)
      Forward and backward cover the prompt and the tag up to the fork, one row per prompt, never
      the rollouts: that is the method's saving.                                        (gfpo_update)
+     The step moves the embedding row of the tag's opener alone (--update opener, the default: the
+     other weights carry the answers too), or, as the paper, every weight (--update all).
 --mode grpo uses the same rollouts, rewards and advantages with the clipped objective on every
 generated token (the forking token and the answer; the forced tag tokens are not the policy's),
-normalised by the generated tokens of the kept groups of the global batch (DAPO's token mean), the
-per-token log-probabilities from the fused loss, never the (T, V) logits.    (grpo_objective, _update)
-With --epochs 1 (the default) each batch of rollouts makes one update, so rho = 1 and the clip is
-inert; --epochs E > 1 reuses the rollouts E times and the clip binds.
+normalised by the generated tokens of the kept groups of the global batch (DAPO's token mean). Its
+log-probabilities are those of the policy that sampled: the forking token's from the fork policy,
+the answer's log softmax(z / T) from the fused loss on the hidden states / T, never the (T, V)
+logits; like verl and TRL, the log-probability ignores top-p.       (grpo_objective, grpo_update)
+--epochs 1 (the default): one update per batch of rollouts, rho = 1, the clip inert; E > 1 binds it.
 
     python ssft.py && python gfpo.py                  # the toy: GFPO on the default SSFT model
+    python gfpo.py --data synthetic-short             # ... on the toy where the right mode depends on the question
     python ssft.py --mode mixed --out out/mixed && python gfpo.py --model out/mixed --shared-tag \\
         --mode grpo --out out/grpo                    # the paper's baseline: SFT + GRPO
     python gfpo.py --model runs/ssft32b --data dapo1k.jsonl --out runs/gfpo32b --batch 256 --steps 10 \\
-        --lr 1e-6 --max-new 16384                     # the paper's setting as far as it is known
+        --update all --lr 1e-6 --max-new 16384        # the paper's setting as far as it is known
     torchrun --nproc_per_node=8 gfpo.py ...          # FSDP2; K ranks compute the same step as one
     python -m pytest -q test_gfpo.py
 """
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +98,11 @@ def gfpo_objective(logits, *, forks, logp_old, adv, tags, temperature, clip_low,
     return pg / max(kept_rollouts, 1) + beta * kl / prompts, kl.detach()
 
 
-def grpo_objective(nll, mask, *, logp_old, adv, clip_low, clip_high, tokens):
-    """The share of GRPO's loss of a micro-batch of B rollouts, normalised by the global batch's
-    policy tokens: nll (B, T) per-token NLL of the rollouts, with gradients; mask (B, T) their
-    policy tokens; logp_old (B, T); adv (B,) one advantage per rollout."""
-    per_token = clipped(-nll, logp_old, adv[:, None], clip_low, clip_high)
-    return -(per_token * mask).sum() / max(tokens, 1)
+def grpo_objective(logp, mask, *, logp_old, adv, clip_low, clip_high, tokens):
+    """The share of GRPO's loss of some policy tokens, normalised by the global batch's policy
+    tokens: logp (B, T) their log pi_theta, with gradients; mask (B, T) which count (or 1.0: all);
+    logp_old (B, T); adv (B, T) or (B, 1), each token its rollout's advantage."""
+    return -(clipped(logp, logp_old, adv, clip_low, clip_high) * mask).sum() / max(tokens, 1)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -170,48 +173,46 @@ def gfpo_update(model, ro, data, cfg, world):
 
 
 def grpo_rows(ro, data, max_len):
-    """(ids, targets) of every rollout, [b][g] flattened in row-major order, targets on the policy's
-    tokens only: the forking token (sampled) and the answer, not the prompt nor the forced rest of
-    the tag (with a shared tag: the answer alone)."""
-    fork, rows = data.prompts.tags.fork if data.prompts.tags else None, []
-    for q, tags, gens in zip(ro.qs, ro.tag_ids, ro.generated):
-        prompt = data.prompts.ids[q]
-        for tag, gen in zip(tags, gens):
-            full = prompt + tag + gen
-            if fork is None:
-                targets = [IGNORE_INDEX] * (len(prompt) + len(tag) - 1) + gen
-            else:
-                targets = ([IGNORE_INDEX] * (len(prompt) + fork - 1) + [tag[fork]]
-                           + [IGNORE_INDEX] * (len(tag) - fork - 1) + gen)
-            rows.append((full[:-1][:max_len], targets[:max_len]))
-    return rows
+    """(ids, targets) of every rollout, [b][g] flattened in row-major order, targets on its answer
+    only: not the prompt nor the tag (the forking token is the fork policy's, grpo_update's)."""
+    return [((p + tag + gen)[:-1][:max_len], ([IGNORE_INDEX] * (len(p) + len(tag) - 1) + gen)[:max_len])
+            for p, tags, gens in zip([data.prompts.ids[q] for q in ro.qs], ro.tag_ids, ro.generated)
+            for tag, gen in zip(tags, gens)]
 
 
 @torch.no_grad()
 def token_logp(model, rows, cfg, world, pad_id):
-    """log-probabilities (T,) of every row's targets under the model (0 where no target)."""
+    """log-probabilities (T,) of every row's targets at the sampling temperature (0 where none)."""
     out = [None] * len(rows)
-    for micro, nll, _ in forward_rows(model, rows, cfg.micro_tokens, world, pad_id, per_token=True):
+    for micro, nll, _ in forward_rows(model, rows, cfg.micro_tokens, world, pad_id, per_token=True,
+                                      temperature=cfg.temperature):
         for j, i in enumerate(micro):
             out[i] = -nll[j, :len(rows[i][0])]
     return out
 
 
 def grpo_update(model, ro, data, cfg, world):
-    """The gradients of GRPO's loss for these rollouts: every rollout, forward and backward, the
-    clipped objective on its policy tokens. Returns the loss over the global batch (and 0.0: no KL)."""
-    rows = grpo_rows(ro, data, cfg.max_len)
+    """The gradients of GRPO's loss for these rollouts, forward and backward: the forking token's
+    term from one row per prompt (as gfpo_update), then every rollout for its answer's. Returns the
+    loss over the global batch (and 0.0: no KL)."""
+    rows, tags, dev, L = grpo_rows(ro, data, cfg.max_len), data.prompts.tags, world.device, 0.0
     kept = np.repeat(ro.kept, cfg.group)  # (B * G,) in the rows' order
-    adv = ro.advantages.reshape(-1)  # (B * G,)
-    tokens = world.sum(sum(sum(t != IGNORE_INDEX for t in targets) for (_, targets), k in zip(rows, kept) if k))
-    dev, L = world.device, 0.0
-    for micro, nll, mask in forward_rows(model, rows, cfg.micro_tokens, world, data.prompts.pad_id, per_token=True):
-        T = nll.shape[1]
+    adv = torch.as_tensor(ro.advantages, dtype=torch.float32)  # (B, G)
+    forks = int(ro.kept.sum()) * cfg.group if tags else 0  # the kept groups' forking tokens
+    answers = sum(sum(t != IGNORE_INDEX for t in targets) for (_, targets), k in zip(rows, kept) if k)
+    clip = dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, tokens=world.sum(forks + answers))
+    if tags:  # log pi_theta(f | x) of the tag-restricted policy at T, from which the rollouts drew f
+        before_fork = [data.prompts.before_fork(q) for q in ro.qs]
+        for micro, logits in last_logits(model, before_fork, cfg.micro_tokens, world, data.prompts.pad_id):
+            logp = fork_policy(logits, tags, cfg.temperature).gather(1, ro.forks[micro].to(dev))  # (B, G)
+            loss = grpo_objective(logp, 1.0, logp_old=ro.logp_old[micro].to(dev), adv=adv[micro].to(dev), **clip)
+            loss.backward()
+            L += loss.item()
+    for micro, nll, mask in forward_rows(model, rows, cfg.micro_tokens, world, data.prompts.pad_id, per_token=True,
+                                         temperature=cfg.temperature):  # nll, mask (B, T): the answers at T
         old = -nll.detach() if ro.token_logp_old is None else \
-            torch.stack([torch.nn.functional.pad(ro.token_logp_old[i], (0, T - len(ro.token_logp_old[i])))
-                         for i in micro])  # (B, T)
-        loss = grpo_objective(nll, mask.float(), logp_old=old, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                              adv=torch.as_tensor(adv[micro], dtype=torch.float32, device=dev), tokens=tokens)
+            torch.nn.utils.rnn.pad_sequence([ro.token_logp_old[i] for i in micro], batch_first=True)  # (B, T)
+        loss = grpo_objective(-nll, mask.float(), logp_old=old, adv=adv.view(-1)[micro, None].to(dev), **clip)
         loss.backward()
         L += loss.item()
     return world.sum(L), 0.0
@@ -231,9 +232,8 @@ class GFPOConfig(RunConfig):
     steps: int = arg(100, "steps: one batch of rollouts each", low=1)
     batch: int = arg(16, "prompts per step, across all ranks", low=1)
     group: int = arg(8, "G: rollouts per prompt", low=2)
-    # Small steps: the gradient at the forking token moves weights that every answer token uses too
-    # (see the README's GFPO results: at 3e-5 the answers of the 1M-parameter demo model degrade).
-    lr: float = arg(1e-5, "peak learning rate", above=0)
+    lr: float = arg(0.0, "peak learning rate (0: 1e-2 when GFPO moves the opener alone, 1e-5 when all weights move)",
+                    low=0)
     warmup: float = arg(0.1, "linear warm-up, as a fraction of --steps", low=0, below=1)
     weight_decay: float = arg(0.0, "AdamW weight decay on matrices", low=0)
     temperature: float = arg(0.7, "sampling temperature of the rollouts (and of the forking token)", above=0)
@@ -246,6 +246,13 @@ class GFPOConfig(RunConfig):
     clip_high: float = arg(0.28, "clip the ratio above at 1 + this (DAPO's clip-higher)", low=0)
     beta: float = arg(0.0, "weight of the exact KL to the initial model at the forking token (gfpo)", low=0)
     epochs: int = arg(1, "updates on each batch of rollouts (more than 1 makes the clip bind)", low=1)
+    # What the fork's gradient may move. Every weight the fork's logits depend on is used by the answers
+    # too (in the tied demo model the tag digits' rows even predict every digit of every answer), so
+    # moving them all moves the choice and the answers together (README, "GFPO on the toy"). The row
+    # of the tag's opener token ("<think"; "ink" in Qwen2.5's vocabulary) reaches the answers only
+    # through attention to that one position: it moves the choice at a fraction of the damage.
+    update: str = arg("opener", "gfpo: the weights it moves: opener, the input embedding row of the tag's token "
+                                "before the forking token, alone; or all (grpo moves all)", choices=("all", "opener"))
     shared_tag: bool = arg(False, "the model was trained with the one shared tag <think> (mixed): grpo only")
     train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic task: ssft.py's training questions: the prompts",
                                low=1)
@@ -282,6 +289,8 @@ class PromptSet:
 
 def train(cfg, given):
     world = setup_world()
+    if not cfg.lr:  # one row learns at a rate that would wreck the whole model
+        cfg = replace(cfg, lr=1e-2 if cfg.mode == "gfpo" and cfg.update == "opener" else 1e-5)
     with Run(cfg, given, world) as run:  # holds the run directory until the run ends
         cfg = run.cfg
         if run.finished:
@@ -295,6 +304,7 @@ def train(cfg, given):
             model = build_model(world, source)
             ref = build_model(world, source, verified=True).eval().requires_grad_(False) if cfg.beta else None
             model.gradient_checkpointing = cfg.activation_checkpointing
+            mask = opener_only(model, data.prompts.tags) if cfg.mode == "gfpo" and cfg.update == "opener" else None
             opt = adamw(model, cfg.lr, cfg.weight_decay)
             if run.state:
                 checkpoint.load(run.checkpoint, model, opt)
@@ -315,6 +325,8 @@ def train(cfg, given):
                 model.train()
                 for _ in range(cfg.epochs):
                     loss, kl = update(model, ro, data, cfg, world)
+                    if mask is not None:
+                        model.model.embed_tokens.weight.grad.mul_(mask)
                     grad_norm = run.optimizer_step(model, opt, step, loss=loss)
                 # log the step, save every --save-every steps, leave when asked to
                 log = {"step": step + 1, "loss": loss, "kl": kl, "lr": opt.param_groups[0]["lr"],
@@ -332,6 +344,18 @@ def train(cfg, given):
             stop.restore()
             world.close()
     return cfg, run
+
+
+def opener_only(model, tags):
+    """Freeze every weight but the input embedding; returns the mask (V, 1) that keeps its gradient
+    to the row of the token before the forking token ("<think"), which only the tags contain."""
+    weight = model.requires_grad_(False).model.embed_tokens.weight.requires_grad_(True)
+    mask = torch.zeros(weight.shape[0], 1, device=weight.device)
+    mask[tags.ids[0][tags.fork - 1]] = 1.0
+    if hasattr(weight, "device_mesh"):  # FSDP2: a DTensor, sharded as the weight is
+        from torch.distributed.tensor import distribute_tensor
+        mask = distribute_tensor(mask, weight.device_mesh, weight.placements)
+    return mask
 
 
 def step_stats(world, ro, tags):
@@ -365,9 +389,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if run.signum:
         stopped(run, "gfpo.py")
-    if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
+    if run.saved_step == cfg.steps and run.world.main and cfg.data in synthetic.TASKS and cfg.eval_questions:
         from eval import evaluate_run  # the demo ends with the report on the held-out questions
-        evaluate_run(run.out, load_task("synthetic", train_questions=cfg.train_questions, held_out=cfg.eval_questions),
+        evaluate_run(run.out, load_task(cfg.data, train_questions=cfg.train_questions, held_out=cfg.eval_questions),
                      cfg.num_tags, shared_tag=cfg.shared_tag)
 
 

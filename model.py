@@ -288,12 +288,15 @@ class Qwen2(nn.Module):
             cache.len += T
         return self.model.norm(x)
 
-    def forward(self, input_ids, targets=None, last=False, per_token=False, **kwargs):
+    def forward(self, input_ids, targets=None, last=False, per_token=False, temperature=1.0, **kwargs):
         """input_ids (B, T) -> logits (B, T, V), or (B, V) of the last position only if `last`. With
         targets (B, T) (targets[:, t] is the token that follows position t, -100 = no loss) it returns
-        the training loss instead, one row one sequence: nll_sum (B,) fp32, n_tokens (B,) (row_nll)."""
+        the training loss instead, one row one sequence: nll_sum (B,) fp32, n_tokens (B,) (row_nll).
+        temperature T: those of the logits / T (an RL policy sampled at T)."""
         h = self.hidden_states(input_ids, **kwargs)
-        return self.lm_head(h[:, -1] if last else h, targets, per_token)
+        h = h[:, -1] if last else h
+        # logits / T = (h / T) W^T (lm_head has no bias): the tempered loss without the (B*T, V) logits
+        return self.lm_head(h if temperature == 1 else h / temperature, targets, per_token)
 
     # ---------------------------------------------------------------------------------------------
     # Hugging Face checkpoints

@@ -37,7 +37,8 @@ class RunConfig:
     """The flags every trainer has; ssft.py and gfpo.py add their own and their defaults."""
     model: str = arg("demo", "a preset (model.PRESETS, trained from scratch), a HF checkpoint dir or a run dir",
                      kind="model")
-    data: str = arg("synthetic", "'synthetic' (the demo task) or a JSONL file", kind="data")
+    data: str = arg("synthetic", "'synthetic' (the demo task), 'synthetic-short' (its variant where the shortest "
+                                 "strategy is right) or a JSONL file", kind="data")
     tokenizer: str = arg("", "tokenizer.json; default: the model's, or trained on the synthetic task", kind="file")
     out: str = arg("out/run", "run directory: metrics.jsonl, checkpoint/ (sharded), model/ (HF format)", kind="out")
     steps: int = arg(400, "optimizer steps", low=1)

@@ -126,7 +126,7 @@ class TrainingSet:
     may get (the N forking tags; in mixed mode the one shared tag)."""
 
     def __init__(self, cfg, world, tokenizer=None):
-        if cfg.data == "synthetic":
+        if cfg.data in synthetic.TASKS:
             if cfg.traces > len(synthetic.STRATEGIES):
                 raise UserError(f"--traces {cfg.traces}: the synthetic task has {len(synthetic.STRATEGIES)} "
                                 "traces per question")
@@ -192,7 +192,7 @@ def train(cfg, given):
         config = None
         if not Path(cfg.model).is_dir():  # a preset, trained from scratch, sized to its tokenizer
             config = Config.preset(cfg.model)
-            if config.vocab_size < data.tok.get_vocab_size() or cfg.data == "synthetic":
+            if config.vocab_size < data.tok.get_vocab_size() or cfg.data in synthetic.TASKS:
                 config.vocab_size = data.tok.get_vocab_size()
             torch.manual_seed(cfg.seed)
         with user_input():
@@ -273,9 +273,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if run.signum:
         stopped(run, "ssft.py")
-    if run.saved_step == cfg.steps and run.world.main and cfg.data == "synthetic" and cfg.eval_questions:
+    if run.saved_step == cfg.steps and run.world.main and cfg.data in synthetic.TASKS and cfg.eval_questions:
         from eval import evaluate_run  # the demo ends with the report on its held-out questions
-        evaluate_run(run.out, load_task("synthetic", train_questions=cfg.train_questions, held_out=cfg.eval_questions),
+        evaluate_run(run.out, load_task(cfg.data, train_questions=cfg.train_questions, held_out=cfg.eval_questions),
                      cfg.num_tags, shared_tag=cfg.mode == "mixed")
 
 

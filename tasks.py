@@ -11,16 +11,17 @@ accuracy of the evaluation are `task.grade`.
     task.samples              S, samples per tag in the evaluation's tags run (the official count)
     task.pass_samples         n, samples of <think1> (and of the model's own tag) for Pass@1 and Pass@k
     task.grade(response, q)   whether the response answers question q right
-    task.extract(response)    what a majority vote compares: the final answer, None if there is none
+    task.extract(response, q) what a majority vote compares: the final answer, None if there is none
                               (GPQA: the whole response, as the official votes compare texts)
-    task.right(answer, q)     whether an extracted answer is right; grade(r, q) == right(extract(r), q)
+    task.right(answer, q)     whether an extracted answer is right; grade(r, q) == right(extract(r, q), q)
     task.votes                whether the evaluation takes majority votes (Cons@k); False for code
     task.gold(q)              what a Cons@k winner is compared with by ==, or None where the official
                               Cons@k grades the winner like any answer, with right (GPQA)
     task.strategies           the strategies that task.classify(response) tells apart ((): none)
     task.classify(response)   the strategy of a response, or None
 
-Four tasks: the synthetic task of the demo (data/synthetic.py), math with gold answers graded by
+Four tasks: the synthetic task of the demo (data/synthetic.py; with its variant synthetic-short, where
+the shortest strategy is the right one), math with gold answers graded by
 math-verify, code with tests run in the sandbox (rewards.py), and GPQA's multiple choice graded by
 the letter the response gives (choice_letter). A JSONL file is read by the one loader of its format,
 data.load_prompts: math where a line has `answer`, code where it has `tests`, GPQA where it has
@@ -63,7 +64,7 @@ class Task:
     samples, pass_samples = 4, metrics.PASS_N
 
     def grade(self, response, q):
-        return self.right(self.extract(response), q)
+        return self.right(self.extract(response, q), q)
 
     def gold(self, q):
         return None
@@ -74,15 +75,20 @@ class Task:
 
 class SyntheticTask(Task):
     """Questions of the demo task (sort a string of digits): answers are digit strings, and each
-    solution opens with the name of its strategy."""
-    name, strategies, system = "synthetic", tuple(synthetic.STRATEGIES), synthetic.SYSTEM
+    solution opens with the name of its strategy. With short=True (synthetic-short), a response
+    longer than the question's shortest solution has no answer (data/synthetic.py)."""
+    strategies, system = tuple(synthetic.STRATEGIES), synthetic.SYSTEM
     samples, pass_samples = 4, 8  # enough for the toy's tables in seconds
 
-    def __init__(self, examples):
+    def __init__(self, examples, short=False):
+        self.name = synthetic.TASKS[short]
         self.questions, self.golds = [ex.question for ex in examples], [ex.answer for ex in examples]
         self.max_new = 2 * max(len(t) for ex in examples for t in ex.traces)  # characters bound tokens
+        self.budget = [min(map(len, ex.traces)) for ex in examples] if short else None
 
-    def extract(self, response):
+    def extract(self, response, q):
+        if self.budget is not None and len(response.strip()) > self.budget[q]:
+            return None  # longer than the shortest solution: synthetic-short counts no answer in it
         return synthetic.extract_answer(response)
 
     def right(self, answer, q):
@@ -112,7 +118,7 @@ class MathTask(Task):
     def grade(self, response, q):  # one call to the grader, where extract + right would be two
         return self.rewards.grade_math(response, self.answers[q])
 
-    def extract(self, response):
+    def extract(self, response, q):
         return self.rewards.extract_math(response)
 
     def right(self, answer, q):
@@ -136,7 +142,7 @@ class CodeTask(Task):
         self.questions = [p.question for p in prompts]
         self.tests = [(p.tests, p.func_name) for p in prompts]
 
-    def extract(self, response):
+    def extract(self, response, q):
         return self.rewards.extract_code(response) or None
 
     def right(self, answer, q):
@@ -166,7 +172,7 @@ class GPQATask(Task):
         self.questions = [GPQA_PROMPT.format(question=p.question, **dict(zip(LETTERS, p.choices))) for p in prompts]
         self.answers = [p.answer for p in prompts]
 
-    def extract(self, response):
+    def extract(self, response, q):
         return response
 
     def right(self, answer, q):
@@ -177,9 +183,9 @@ def load_task(data, *, split="held_out", train_questions=synthetic.TRAIN_QUESTIO
               held_out=synthetic.HELD_OUT):
     """The task of --data: "synthetic" (its "train" or "held_out" questions, as data/synthetic.py
     splits them) or a JSONL file of math, code or choice (GPQA) prompts, one kind per file."""
-    if data == "synthetic":
+    if data in synthetic.TASKS:
         train, rest = synthetic.split(train_questions, held_out)
-        return SyntheticTask(train if split == "train" else rest)
+        return SyntheticTask(train if split == "train" else rest, short=data == "synthetic-short")
     prompts = load_prompts(data)
     kinds = {p.kind for p in prompts}
     if len(kinds) > 1:

@@ -1,6 +1,6 @@
 """
-batches.py: micro-batches within the token budget, every sequence once; per-row losses and
-last-position logits back in the caller's order, equal to one forward pass per sequence; the
+batches.py: micro-batches within the token budget, every sequence once; per-row losses (tempered
+too) and last-position logits back in the caller's order, equal to one forward pass per sequence; the
 prefix-shared scoring of continuations equal to scoring each full sequence; and a rank with fewer
 micro-batches joining the others' passes without changing its gradients.
 
@@ -42,19 +42,22 @@ def test_last_position_logits_come_back_in_row_order(model):
 
 
 @torch.no_grad()
-def test_row_losses_are_each_rows_own(model):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_row_losses_are_each_rows_own(model, temperature):
+    """Each row's NLL, at temperature T that of softmax(logits / T) (GRPO's policy sampled at T)."""
     rng = random.Random(0)
     rows = []
     for n in (9, 4, 13, 6):
         ids = [rng.randrange(1, 200) for _ in range(n)]
         rows.append((ids, [-100] * (n // 2) + [rng.randrange(1, 200) for _ in range(n - n // 2)]))
     seen = {}
-    for micro, nll_sum, n_tokens in forward_rows(model, rows, budget=20, world=World(), pad_id=0):
+    for micro, nll_sum, n_tokens in forward_rows(model, rows, budget=20, world=World(), pad_id=0,
+                                                 temperature=temperature):
         for i, s, n in zip(micro, nll_sum.tolist(), n_tokens.tolist()):
             seen[i] = (s, n)
     assert sorted(seen) == [0, 1, 2, 3]
     for i, (ids, targets) in enumerate(rows):
-        logp = torch.log_softmax(model(torch.tensor([ids]))[0].float(), -1)
+        logp = torch.log_softmax(model(torch.tensor([ids]))[0].float() / temperature, -1)
         expected = -sum(logp[t, y] for t, y in enumerate(targets) if y != -100)
         assert seen[i][0] == pytest.approx(float(expected), rel=1e-5) and seen[i][1] == sum(y != -100 for y in targets)
 

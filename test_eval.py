@@ -107,7 +107,7 @@ def run_eval(args):
     (["--num-tags", "1"], "error: --num-tags 1: must be at least 2"),
     (["--top-p", "0"], "error: --top-p 0.0: must be more than 0"),
     (["--pass-samples", "x"], "error: argument --pass-samples: invalid int value: 'x'"),
-    (["--data", "nowhere.jsonl"], "error: --data nowhere.jsonl: must be 'synthetic' or an existing file"),
+    (["--data", "nowhere.jsonl"], "error: --data nowhere.jsonl: must be 'synthetic', 'synthetic-short' or an existing file"),
     (["--model", "tiny"], "error: --model tiny: is not a model directory"),
 ])
 def test_bad_flags_give_one_line(args, message, tmp_path):
@@ -221,7 +221,7 @@ def test_code_task_end_to_end_reports_what_livecodebench_does(tmp_path, monkeypa
     assert r["pass@1"] == 0.25 and r["pass@k"] == {1: 0.25, 2: 0.5}  # q0: one of two right, q1: none
     assert r["pass@1_self"] == 1.0 and r["greedy_oracle"] == 0.5
     check_fork_statistics(r["tag_distribution"])
-    programs = [task.extract(good), task.extract(bad)]
+    programs = [task.extract(good, 0), task.extract(bad, 0)]
     assert sorted(runs) == sorted(programs * 2)  # per question: the good and the bad program, once each
 
 

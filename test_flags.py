@@ -40,7 +40,7 @@ def test_defaults_and_given():
     (["--rate", "nan"], "--rate nan: must be more than 0"),
     (["--top", "1.5"], "--top 1.5: must be at most 1"),
     (["--kind", "c"], "--kind c: must be one of a, b"),
-    (["--data", "missing.jsonl"], "--data missing.jsonl: must be 'synthetic' or an existing file"),
+    (["--data", "missing.jsonl"], "--data missing.jsonl: must be 'synthetic', 'synthetic-short' or an existing file"),
 ])
 def test_each_rule(argv, message):
     with pytest.raises(UserError) as e:
@@ -75,7 +75,7 @@ def test_model_dir_finds_a_run_directory_s_model(tmp_path):
     (["--mode", "best"], "--mode best: must be one of ssft, random, mixed"),
     (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
     (["--model", "nowhere"], "--model nowhere: is neither a preset"),
-    (["--data", "nowhere.jsonl"], "--data nowhere.jsonl: must be 'synthetic' or an existing file"),
+    (["--data", "nowhere.jsonl"], "--data nowhere.jsonl: must be 'synthetic', 'synthetic-short' or an existing file"),
     (["--tokenizer", "nowhere.json"], "--tokenizer nowhere.json: must be an existing file"),
     (["--out", "/sys/kernel/run"], "--out /sys/kernel/run: cannot be written"),
 ])

@@ -1,14 +1,17 @@
 """
 gfpo.py: advantages and both losses against hand-computed values (zero-variance groups and the clip
-included), the GFPO gradient blind to every rollout token after the fork, the GRPO loss and
-gradients against a naive full-logits implementation, the exact KL, two gloo ranks against one
-process, exact resume, and bad input.
+included), the ratio exactly 1 at the first update with the prompts over several micro-batches, the
+GFPO loss blind to every rollout token after the fork, GRPO's log-probabilities those of the policy
+that sampled (at T, the fork's restricted to the tags) and its loss and gradients against a naive
+full-logits implementation, a step of equal rewards that changes nothing, the exact KL and its
+gradient, two gloo ranks against one process, exact resume, and bad input.
 
     python -m pytest -q test_gfpo.py
 """
 import math
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -17,12 +20,15 @@ import torch
 
 import gfpo
 import ssft
+from batches import micro_batches
 from conftest import CPU_ENV, ROOT, TINY_RUN, TORCHRUN, read_metrics
 from data import forking_tags
+from data.tokenizer import load_tokenizer
 from data.synthetic import make_examples, tokenizer_for
 from distributed import World
 from flags import parse_flags
 from model import Qwen2
+from tasks import load_task
 
 SMALL = ["--steps", "3", "--batch", "4", "--group", "4", "--train-questions", "48", "--eval-questions", "0",
          "--max-new", "40"]
@@ -76,22 +82,22 @@ def test_exact_kl_at_the_fork_weighted_by_beta():
 
 
 def test_grpo_objective_by_hand():
-    nll = torch.tensor([[0.0, 1.0, 2.0]])
+    logp = torch.tensor([[0.0, -1.0, -2.0]])
     old = torch.tensor([[0.0, -1.5, -2.0]])  # ratios exp(-1 + 1.5) = 1.65 (clipped to 1.28), 1.0
     mask = torch.tensor([[0.0, 1.0, 1.0]])  # the first position is not the policy's
-    loss = gfpo.grpo_objective(nll, mask, logp_old=old, adv=torch.tensor([2.0]), clip_low=0.2, clip_high=0.28,
+    loss = gfpo.grpo_objective(logp, mask, logp_old=old, adv=torch.tensor([[2.0]]), clip_low=0.2, clip_high=0.28,
                                tokens=4)
     assert loss.item() == pytest.approx(-(1.28 * 2 + 1.0 * 2) / 4, rel=1e-6)
 
 
-def small_setup(ssft_run, mode, epochs=1):
-    """The rollouts of the first step on four prompts (several micro-batches at --micro-tokens 300)."""
+def small_setup(ssft_run, mode, epochs=1, qs=(0, 1, 2, 3), micro_tokens=300):
+    """The rollouts of the first step on prompts qs (several micro-batches at --micro-tokens 300)."""
     cfg, _ = parse_flags(gfpo.GFPOConfig, ["--model", str(ssft_run), "--mode", mode, "--epochs", str(epochs),
-                                           "--micro-tokens", "300", *SMALL])
+                                           "--micro-tokens", str(micro_tokens), *SMALL])
     world = World()
     data = gfpo.PromptSet(cfg, world, ssft_run / "model")
     model = Qwen2.from_pretrained(ssft_run / "model")
-    ro = gfpo.rollouts(model, None, data, [0, 1, 2, 3], cfg, world, step=0)
+    ro = gfpo.rollouts(model, None, data, list(qs), cfg, world, step=0)
     return cfg, world, data, model, ro
 
 
@@ -107,49 +113,107 @@ ADVANTAGES = gfpo.advantages(np.array([[1, 0, 0, 1], [0, 1, 1, 1], [1, 1, 0, 0],
 
 
 def test_gfpo_ignores_every_token_after_the_fork(ssft_run):
-    """Rollouts whose answers differ everywhere after the forking token (same rewards) give the
-    same GFPO loss and gradients; the same change moves GRPO's, so the check can fail."""
+    """Rollouts whose answers differ after the forking token, in every token and in length (rollout g
+    longer by g tokens; same rewards), give the same GFPO loss and gradients: an update that read the
+    answers (their log-probabilities, or their lengths as a token mean would) moves them, as the
+    same change moves GRPO's, so the check can fail."""
     adv, kept = ADVANTAGES
     for mode, same in (("gfpo", True), ("grpo", False)):
         cfg, world, data, model, ro = small_setup(ssft_run, mode)
         ro = replace(ro, advantages=adv, kept=kept)
-        other = replace(ro, generated=[[[(t * 7 + 3) % data.tok.get_vocab_size() for t in ids] for ids in row]
+        V = data.tok.get_vocab_size()
+        other = replace(ro, generated=[[[(t * 7 + 3) % V for t in ids] + ids[:g] for g, ids in enumerate(row)]
                                        for row in ro.generated])
         a, b = gradients(model, ro, data, cfg, world), gradients(model, other, data, cfg, world)
-        if same:  # (GRPO's loss value is -sum A at ratio 1 whatever the tokens; its gradient is not)
-            assert a[0] == b[0]
+        assert (a[0] == b[0]) == same
         assert all(torch.equal(a[1][n], b[1][n]) for n in a[1]) == same
 
 
+# Prompts whose text up to the fork has 25, 26, 27, 28, 29 and 30 tokens: the passes run longest first.
+ASCENDING = [9, 2, 1, 0, 5, 4]
+
+
+@pytest.mark.parametrize("mode", ["gfpo", "grpo"])
+def test_the_ratio_is_exactly_1_at_the_first_update(ssft_run, mode, monkeypatch):
+    """With --epochs 1 the policy that updates is the one that sampled: rho = 1 exactly at every
+    forking token (GRPO: and answer token), with the prompts in 3 micro-batches of left-padded
+    prompts of different lengths, run in another order than the rollouts' (the order bug: fork
+    logits computed in one order, the update's micro-batches in another)."""
+    cfg, world, data, model, ro = small_setup(ssft_run, mode, qs=ASCENDING, micro_tokens=60)
+    order = micro_batches([len(data.prompts.before_fork(q)) for q in ro.qs], cfg.micro_tokens)
+    assert len(order) == 3 and sum(order, []) != list(range(len(ro.qs)))
+    seen = []  # (log pi_theta, log pi_old) of every call of the clipped objective
+
+    def recording(logp, logp_old, *args):
+        seen.append((logp.detach(), logp_old))
+        return clipped(logp, logp_old, *args)
+
+    clipped = gfpo.clipped
+    monkeypatch.setattr(gfpo, "clipped", recording)
+    gradients(model, ro, data, cfg, world)
+    assert all(torch.equal(logp, old) for logp, old in seen)  # rho = exp(0) = 1, bit for bit
+    forks = torch.cat([logp for logp, _ in seen[:len(order)]])  # (B, G) the fork's, in the passes' order
+    assert torch.equal(forks, ro.logp_old[sum(order, [])])
+    assert not torch.equal(forks, ro.logp_old)  # the check can fail: a mixed-up order changes log pi_old
+
+
+def test_grpo_log_probabilities_are_those_of_the_policy_that_sampled(ssft_run):
+    """GRPO's per-token log-probabilities against a naive fp32 computation on the full logits at
+    the rollouts' temperature T: log softmax(z / T) at every answer token, nothing at the prompt
+    and the tag, and at the forking token log softmax(z[tag ids] / T), the fork policy's."""
+    cfg, world, data, model, ro = small_setup(ssft_run, "grpo")
+    ours = gfpo.token_logp(model, gfpo.grpo_rows(ro, data, cfg.max_len), cfg, world, data.prompts.pad_id)
+    tags, T = data.prompts.tags, cfg.temperature
+    assert T != 1
+    for b, q in enumerate(ro.qs):
+        prompt = data.prompts.ids[q]
+        for g, (tag, gen) in enumerate(zip(ro.tag_ids[b], ro.generated[b])):
+            with torch.no_grad():
+                z = model(torch.tensor([(prompt + tag + gen)[:-1]]))[0].float() / T  # (L, V)
+            fork = len(prompt) + tags.fork - 1  # the position whose next token is the forking token
+            naive = torch.log_softmax(z[fork, tags.fork_ids], -1)[ro.forks[b, g]]
+            assert ro.logp_old[b, g].item() == pytest.approx(naive.item(), abs=1e-5)
+            start = len(prompt) + len(tag) - 1  # the position whose next token is the answer's first
+            naive = torch.log_softmax(z[start:], -1).gather(1, torch.tensor(gen)[:, None])[:, 0]  # (len(gen),)
+            row = ours[b * cfg.group + g]
+            torch.testing.assert_close(row[start:], naive, rtol=1e-5, atol=1e-5)
+            assert not row[:start].any()
+
+
 def test_grpo_matches_a_naive_full_logits_loss(ssft_run):
-    """Loss and gradients of the GRPO update against log_softmax of the full logits, with an old
-    policy different from the current one so that the clip binds on some tokens."""
+    """Loss and gradients of the GRPO update against a naive one, rollout by rollout on the full
+    logits at T (log softmax(z / T) at the answer's tokens, log softmax(z[tag ids] / T) at the
+    forking token), with an old policy different from the current one so that the clip binds."""
     cfg, world, data, model, ro = small_setup(ssft_run, "grpo", epochs=2)
     adv, kept = ADVANTAGES
-    rows = gfpo.grpo_rows(ro, data, cfg.max_len)
-    assert len(rows) == 16 and len(ro.token_logp_old) == 16  # the rollouts recorded pi_old per token
+    tags, T = data.prompts.tags, cfg.temperature
+    assert len(ro.token_logp_old) == 16  # with --epochs 2 the rollouts recorded pi_old per token
     torch.manual_seed(1)
-    old = [torch.tensor([0.0]) for _ in rows]
-    # the naive side: full logits, one rollout at a time
+    fork_old = ro.logp_old + 0.3 * torch.randn(ro.logp_old.shape)  # (B, G) a stale sampling policy
+    answer_old = []  # [b * G + g] laid out as token_logp's: one per position of the row, 0 before the answer
     model.zero_grad()
     total, tokens, clipped = 0.0, 0, 0
-    for i, (ids, targets) in enumerate(rows):
-        logp = torch.log_softmax(model(torch.tensor([ids]))[0].float(), -1)  # (T, V)
-        t = torch.tensor(targets)
-        mask = t != -100
-        lp = logp.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
-        torch.testing.assert_close(ro.token_logp_old[i] * mask, lp.detach() * mask, rtol=1e-5, atol=1e-5)
-        old[i] = (lp.detach() + 0.3 * torch.randn(len(ids))) * mask  # a stale sampling policy
-        rho = torch.exp(lp - old[i])
-        a = float(adv.reshape(-1)[i])
-        obj = torch.minimum(rho * a, rho.clamp(1 - cfg.clip_low, 1 + cfg.clip_high) * a)
-        clipped += int(((rho < 1 - cfg.clip_low) | (rho > 1 + cfg.clip_high))[mask].sum())
-        total = total - (obj * mask).sum()
-        tokens += int(mask.sum()) if kept[i // cfg.group] else 0
+    for b, q in enumerate(ro.qs):
+        prompt = data.prompts.ids[q]
+        for g, (tag, gen) in enumerate(zip(ro.tag_ids[b], ro.generated[b])):
+            z = model(torch.tensor([(prompt + tag + gen)[:-1]]))[0].float() / T  # (L, V)
+            fork, start = len(prompt) + tags.fork - 1, len(prompt) + len(tag) - 1
+            logp = torch.cat([torch.log_softmax(z[fork, tags.fork_ids], -1)[ro.forks[b, g]][None],
+                              torch.log_softmax(z[start:], -1).gather(1, torch.tensor(gen)[:, None])[:, 0]])
+            torch.testing.assert_close(ro.token_logp_old[b * cfg.group + g][start:], logp[1:].detach(),
+                                       rtol=1e-5, atol=1e-5)  # recorded at T
+            answer_old.append(torch.cat([torch.zeros(start), logp[1:].detach() + 0.3 * torch.randn(len(gen))]))
+            rho = torch.exp(logp - torch.cat([fork_old[b, g][None], answer_old[-1][start:]]))  # (1 + len(gen),)
+            a = float(adv[b, g])
+            obj = torch.minimum(rho * a, rho.clamp(1 - cfg.clip_low, 1 + cfg.clip_high) * a)
+            clipped += int(((rho < 1 - cfg.clip_low) | (rho > 1 + cfg.clip_high)).sum())
+            total = total - obj.sum()
+            tokens += len(obj) if kept[b] else 0
     (total / tokens).backward()
     naive = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert clipped > 0
-    loss, ours = gradients(model, replace(ro, advantages=adv, kept=kept, token_logp_old=old), data, cfg, world)
+    stale = replace(ro, advantages=adv, kept=kept, logp_old=fork_old, token_logp_old=answer_old)
+    loss, ours = gradients(model, stale, data, cfg, world)
     assert loss == pytest.approx(total.item() / tokens, rel=1e-5)
     for n in naive:
         torch.testing.assert_close(ours[n], naive[n], rtol=1e-4, atol=1e-6)
@@ -175,7 +239,73 @@ def test_beta_weighs_the_exact_kl_to_the_initial_model(ssft_run, tmp_path):
     gfpo.train(*parse_flags(gfpo.GFPOConfig, ["--model", str(ssft_run), *SMALL, "--beta", "0.5", "--lr", "1e-3",
                                               "--out", str(tmp_path / "beta")]))
     kl = read_metrics(tmp_path / "beta", "kl")
-    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[-1] > 1e-6
+    assert kl[0] == 0.0 and all(k >= 0 for k in kl) and kl[-1] > 1e-6
+
+
+def test_the_kl_gradient_is_its_closed_form():
+    """d/dz_x of beta / #prompts sum_x KL(softmax(z_x) || r_x) = beta / #prompts p_x (log p_x - log r_x
+    - KL_x), with A = 0 so that the policy term adds nothing: the KL pulls toward the reference."""
+    torch.manual_seed(0)
+    logits, ref = torch.randn(3, 50, requires_grad=True), torch.randn(3, 50)
+    tags = forking_tags(tokenizer_for(make_examples(50, seed=0)), 3)
+    L, kl = gfpo.gfpo_objective(logits, forks=torch.zeros(3, 1, dtype=torch.long), logp_old=torch.zeros(3, 1),
+                                adv=torch.zeros(3, 1), tags=tags, temperature=0.7, clip_low=0.2, clip_high=0.2,
+                                kept_rollouts=3, prompts=4, beta=0.1, ref_logits=ref)
+    L.backward()
+    logp, logr = torch.log_softmax(logits.detach().double(), -1), torch.log_softmax(ref.double(), -1)  # (3, 50)
+    each = (logp.exp() * (logp - logr)).sum(-1, keepdim=True)  # (3, 1) KL_x
+    torch.testing.assert_close(logits.grad.double(), 0.1 / 4 * logp.exp() * (logp - logr - each),
+                               rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["gfpo", "grpo"])
+def test_a_step_of_equal_rewards_changes_nothing(ssft_run, tmp_path, monkeypatch, mode):
+    """Every answer graded 1, so every group is zero-variance: the loss and the gradient are 0, no
+    weight moves though the learning rate is not 0, nothing divides by zero (numpy's and Python's
+    warnings are errors here), every step is logged and the run ends with its export."""
+    def graded_1(*args, **kwargs):
+        task = load_task(*args, **kwargs)
+        task.grade = lambda response, q: 1.0
+        return task
+
+    monkeypatch.setattr(gfpo, "load_task", graded_1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        gfpo.train(*parse_flags(gfpo.GFPOConfig, ["--model", str(ssft_run), "--mode", mode, *SMALL, "--steps", "2",
+                                                  "--export-dtype", "float32", "--out", str(tmp_path / mode)]))
+    logs = read_metrics(tmp_path / mode)
+    assert [m["step"] for m in logs] == [1, 2]
+    for m in logs:
+        assert m["reward"] == 1.0 and m["zero_variance"] == 1.0 and m["lr"] > 0
+        assert m["loss"] == m["grad_norm"] == m["advantage_abs_mean"] == m["advantage_max"] == 0.0
+    before, after = Qwen2.from_pretrained(ssft_run / "model"), Qwen2.from_pretrained(tmp_path / mode / "model")
+    assert all(torch.equal(t, after.state_dict()[n]) for n, t in before.state_dict().items())
+
+
+@pytest.mark.parametrize("update", ["opener", "all"])
+def test_what_gfpo_moves(ssft_run, tmp_path, monkeypatch, update):
+    """--update opener (the default) moves the embedding row of the tag's opener ("<think") alone,
+    every other weight bitwise as it was; --update all moves the rest too. Rewards from a hash of
+    the answer, so that groups differ (the tiny model answers nothing right)."""
+    def hashed(*args, **kwargs):
+        task = load_task(*args, **kwargs)
+        task.grade = lambda response, q: float(sum(map(ord, response)) % 2)
+        return task
+
+    monkeypatch.setattr(gfpo, "load_task", hashed)
+    args = ["--model", str(ssft_run), *SMALL, "--export-dtype", "float32", "--out", str(tmp_path / update)]
+    gfpo.train(*parse_flags(gfpo.GFPOConfig, args + (["--update", "all", "--lr", "1e-3"] if update == "all" else [])))
+    before, after = (Qwen2.from_pretrained(d / "model").state_dict() for d in (ssft_run, tmp_path / update))
+    tags = forking_tags(load_tokenizer(ssft_run / "model"), 6)
+    opener = tags.ids[0][tags.fork - 1]
+    moved = {n for n, t in before.items() if not torch.equal(t, after[n])}
+    emb = "model.embed_tokens.weight"
+    rows = (before[emb] != after[emb]).any(1).nonzero().flatten().tolist()
+    assert read_metrics(tmp_path / update, "zero_variance")[0] < 1  # there was something to learn
+    if update == "opener":
+        assert moved <= {emb, "lm_head.weight"} and rows == [opener]  # (the tied lm_head is the same tensor)
+    else:
+        assert len(moved) > 10 and len(rows) > 1
 
 
 def test_resume_continues_exactly(ssft_run, tmp_path):

@@ -9,6 +9,7 @@ responses, and its questions are the official prompt.
     python -m pytest -q test_tasks.py
 """
 import json
+from collections import Counter
 
 import pytest
 
@@ -16,7 +17,7 @@ import metrics
 from conftest import ROOT
 from data import DataError
 from data.prompts import MATH_PROMPT
-from data.synthetic import make_examples
+from data.synthetic import STRATEGIES, make_examples, solve
 from tasks import CodeTask, GPQATask, MathTask, SyntheticTask, choice_letter, load_task
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -32,9 +33,27 @@ def test_synthetic_task_grades_the_last_answer():
                             (f"answer 1 then answer {gold}", True),  # the last answer counts
                             (f"answer {gold} then answer 1", False),
                             ("no answer at all", False), ("", False)]:
-        assert task.grade(response, 0) == right == task.right(task.extract(response), 0), response
+        assert task.grade(response, 0) == right == task.right(task.extract(response, 0), 0), response
     assert task.classify(f"{task.strategies[2]} 1 2 3") == task.strategies[2] and task.classify("sorted: 1") is None
     assert task.gold(0) == gold and task.samples == 4 and task.pass_samples == 8
+
+
+def test_synthetic_short_counts_only_the_shortest_solutions():
+    short, plain = (load_task(data, train_questions=40, held_out=300) for data in ("synthetic-short", "synthetic"))
+    assert (short.name, plain.name) == ("synthetic-short", "synthetic") and short.questions == plain.questions
+    winners = Counter()
+    for q, text in enumerate(short.questions):
+        digits = text.split()[1]
+        solutions = {s: solve(digits, s) for s in STRATEGIES}
+        best = min(map(len, solutions.values()))
+        for strategy, solution in solutions.items():
+            assert plain.grade(solution, q)  # every strategy answers the plain task
+            assert short.grade(solution, q) == (len(solution) == best)  # only the shortest the variant
+            winners[strategy] += len(solution) == best
+        padded = min(solutions.values(), key=len).replace(" answer", " so answer")  # right, but longer
+        assert plain.grade(padded, q) and not short.grade(padded, q) and short.extract(padded, q) is None
+    # the right strategy depends on the question: counting sort mostly, insertion sort on short ones
+    assert winners["count"] > 150 and winners["insert"] > 30 and winners["smallest"] == winners["largest"] == 0
 
 
 def test_synthetic_splits_are_disjoint_and_sized():
@@ -55,8 +74,9 @@ def test_math_tasks_read_the_benchmarks_and_name_their_protocol():
     assert aime.questions[0] == MATH_PROMPT.format(question=first["problem"])  # `problem`, in the authors' prompt
     for response, right in [(r"Therefore, the final answer is: $\boxed{204}$. I hope it is correct", True),
                             (r"\boxed{205}", False), ("no answer here", False), ("The answer is 204", True)]:
-        assert aime.grade(response, 0) == right == aime.right(aime.extract(response), 0), response
-    assert aime.extract("The answer is 070") == aime.extract(r"$\boxed{70}$") and aime.extract("nothing") is None
+        assert aime.grade(response, 0) == right == aime.right(aime.extract(response, 0), 0), response
+    assert aime.extract("The answer is 070", 0) == aime.extract(r"$\boxed{70}$", 0)
+    assert aime.extract("nothing", 0) is None
     # the official golds: AIME's answer, MATH-500's worked solution (its question 68: "10", the solution 10\%)
     rows = [json.loads(line) for line in (SHARED / "math500.jsonl").read_text().splitlines()]
     assert math500.answers == [r["solution"] for r in rows] and aime.answers[0] == str(first["answer"])
@@ -70,8 +90,8 @@ def test_code_task_grades_by_execution(tmp_path):
     task = load_task(path)
     assert isinstance(task, CodeTask) and task.gold(0) is None and task.strategies == ()
     for response, right in [(ADD.format("+"), True), (ADD.format("-"), False), ("no code", False)]:
-        assert task.grade(response, 0) == right == task.right(task.extract(response), 0), response
-    assert task.extract("no code") is None
+        assert task.grade(response, 0) == right == task.right(task.extract(response, 0), 0), response
+    assert task.extract("no code", 0) is None
 
 
 def test_a_response_without_code_is_never_run(tmp_path, monkeypatch):
@@ -131,8 +151,8 @@ def test_gpqa_task_asks_the_official_prompt_and_grades_the_letter(tmp_path):
         "answering.\n\nWhich is a noble gas?\n\nA) N2\nB)  Ar\nC) O2\nD) H2\n")
     for response, right in [("Argon is inert.\n\nAnswer: B", True), ("Answer: (B)", True), ("**Answer:** A", False),
                             ("answer: b", False), ("", False), ("The final answer is B. I hope it is correct", True)]:
-        assert task.grade(response, 0) == right == task.right(task.extract(response), 0), response
-    assert task.extract("  Answer: B\n") == "  Answer: B\n" and task.extract("") == ""  # votes compare texts
+        assert task.grade(response, 0) == right == task.right(task.extract(response, 0), 0), response
+    assert task.extract("  Answer: B\n", 0) == "  Answer: B\n" and task.extract("", 0) == ""  # votes compare texts
     assert task.grade("\nA. yes\nB. no", 0)  # read as generated: B opens the last line (stripped, A opens the text)
     assert task.gold(0) is None and task.right(None, 0) is False
     assert CodeTask.votes is False
