@@ -22,8 +22,8 @@ one to open. Every step, for each prompt x of the batch:
      #kept rollouts and #prompts count the global batch.                          (gfpo_objective)
      Forward and backward cover the prompt and the tag up to the fork, one row per prompt, never
      the rollouts: that is the method's saving.                                        (gfpo_update)
-     The step moves the embedding row of the tag's opener alone (--update opener, the default: the
-     other weights carry the answers too), or, as the paper, every weight (--update all).
+     The step moves every weight (--update all, as the paper), or the embedding row of the tag's
+     opener alone (--update opener: the other weights carry the answers too).
 --mode grpo uses the same rollouts, rewards and advantages with the clipped objective on every
 generated token (the forking token and the answer; the forced tag tokens are not the policy's),
 normalised by the generated tokens of the kept groups of the global batch (DAPO's token mean). Its
@@ -246,13 +246,14 @@ class GFPOConfig(RunConfig):
     clip_high: float = arg(0.28, "clip the ratio above at 1 + this (DAPO's clip-higher)", low=0)
     beta: float = arg(0.0, "weight of the exact KL to the initial model at the forking token (gfpo)", low=0)
     epochs: int = arg(1, "updates on each batch of rollouts (more than 1 makes the clip bind)", low=1)
-    # What the fork's gradient may move. Every weight the fork's logits depend on is used by the answers
-    # too (in the tied demo model the tag digits' rows even predict every digit of every answer), so
-    # moving them all moves the choice and the answers together (README, "GFPO on the toy"). The row
-    # of the tag's opener token ("<think"; "ink" in Qwen2.5's vocabulary) reaches the answers only
-    # through attention to that one position: it moves the choice at a fraction of the damage.
-    update: str = arg("opener", "gfpo: the weights it moves: opener, the input embedding row of the tag's token "
-                                "before the forking token, alone; or all (grpo moves all)", choices=("all", "opener"))
+    # What the fork's gradient may move. Every weight the fork's logits depend on carries the answers
+    # too (in the tied demo model the tag digits' rows even predict every digit of every answer); the
+    # opener's row ("<think"; "ink" in Qwen2.5's vocabulary) reaches them only through attention to one
+    # position. On the toy (README) `opener` moves the choice further at a small cost on the plain task
+    # but, where the reward favours one tag hard (synthetic-short), it broke that tag's answers on 2
+    # seeds of 3: `all`, the paper's reading, stays the default.
+    update: str = arg("all", "gfpo: the weights it moves: all, or opener: the input embedding row of the tag's "
+                             "token before the forking token, alone (grpo moves all)", choices=("all", "opener"))
     shared_tag: bool = arg(False, "the model was trained with the one shared tag <think> (mixed): grpo only")
     train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic task: ssft.py's training questions: the prompts",
                                low=1)

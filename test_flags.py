@@ -48,6 +48,16 @@ def test_each_rule(argv, message):
     assert str(e.value) == message
 
 
+def test_both_synthetic_tasks_are_data_for_every_script(tmp_path):
+    import eval as ev
+    import gfpo
+    import ssft
+    (tmp_path / "config.json").write_text("{}")
+    for config in (ssft.SSFTConfig, gfpo.GFPOConfig, ev.EvalConfig):
+        for data in ("synthetic", "synthetic-short"):
+            assert parse_flags(config, ["--data", data, "--model", str(tmp_path)])[0].data == data
+
+
 def test_model_dir_finds_a_run_directory_s_model(tmp_path):
     (tmp_path / "run" / "model").mkdir(parents=True)
     (tmp_path / "run" / "model" / "config.json").write_text("{}")

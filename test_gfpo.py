@@ -284,8 +284,8 @@ def test_a_step_of_equal_rewards_changes_nothing(ssft_run, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("update", ["opener", "all"])
 def test_what_gfpo_moves(ssft_run, tmp_path, monkeypatch, update):
-    """--update opener (the default) moves the embedding row of the tag's opener ("<think") alone,
-    every other weight bitwise as it was; --update all moves the rest too. Rewards from a hash of
+    """--update opener moves the embedding row of the tag's opener ("<think") alone, every other
+    weight bitwise as it was; --update all (the default) moves the rest too. Rewards from a hash of
     the answer, so that groups differ (the tiny model answers nothing right)."""
     def hashed(*args, **kwargs):
         task = load_task(*args, **kwargs)
@@ -294,7 +294,7 @@ def test_what_gfpo_moves(ssft_run, tmp_path, monkeypatch, update):
 
     monkeypatch.setattr(gfpo, "load_task", hashed)
     args = ["--model", str(ssft_run), *SMALL, "--export-dtype", "float32", "--out", str(tmp_path / update)]
-    gfpo.train(*parse_flags(gfpo.GFPOConfig, args + (["--update", "all", "--lr", "1e-3"] if update == "all" else [])))
+    gfpo.train(*parse_flags(gfpo.GFPOConfig, args + (["--lr", "1e-3"] if update == "all" else ["--update", "opener"])))
     before, after = (Qwen2.from_pretrained(d / "model").state_dict() for d in (ssft_run, tmp_path / update))
     tags = forking_tags(load_tokenizer(ssft_run / "model"), 6)
     opener = tags.ids[0][tags.fork - 1]

@@ -72,9 +72,11 @@ def main():
     before = weights(base, exported=True)
     report = json.loads((base / f"eval_rl-{a.task}.json").read_text())
     acc0 = np.array([t["accuracy"] for t in report["per_tag"]])
-    runs = {run.name[len("gfpo-"):-len(f"-seed{a.seed}")].replace("-", ", lr "): run  # every GFPO run of the seed
-            for run in sorted((Path(a.runs) / "rl" / a.task).glob(f"gfpo-*-seed{a.seed}"))
-            if (run / f"eval_rl-{a.task}.json").exists()}
+    runs = {}  # every GFPO run of the seed, gfpo-{update}-{lr}-seed{seed}, by its setting
+    for run in sorted((Path(a.runs) / "rl" / a.task).glob(f"gfpo-*-seed{a.seed}")):
+        update, lr = run.name[len("gfpo-"):-len(f"-seed{a.seed}")].split("-", 1)
+        if (run / f"eval_rl-{a.task}.json").exists():
+            runs[f"{update}, lr {lr}"] = run
     parts = groups(before, tags)
     print(f"{a.task}, seed {a.seed}: relative displacement ||dW|| / ||W|| per group after 100 GFPO steps\n")
     print("| group | " + " | ".join(runs) + " |")

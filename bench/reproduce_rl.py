@@ -34,12 +34,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ["--questions", "400", "--samples", "4", "--pass-samples", "8"]
 TASKS = ("synthetic", "synthetic-short")
-# Candidate settings at an equal rollout budget. The first is the default of gfpo.py.
+# Candidate settings at an equal rollout budget; DEFAULT is gfpo.py's (--update all; lr 0 means 1e-5 then).
 REMEDIES = {
     "opener, lr 1e-2": ["--update", "opener", "--lr", "1e-2"],
+    "opener, lr 3e-3": ["--update", "opener", "--lr", "3e-3"],
     "all weights, lr 1e-5": ["--update", "all", "--lr", "1e-5"],
 }
-DEFAULT = "opener, lr 1e-2"
+DEFAULT = "all weights, lr 1e-5"
 
 
 def sh(args, threads):

@@ -7,7 +7,7 @@ by the feature that changes which strategy is easiest), beside the model's own c
 distribution at the forking token) and its argmax.
 
     python bench/tag_headroom.py                            # out/ssft, 300 training questions
-    python bench/tag_headroom.py --model runs/rl/gfpo-seed0 --held-out
+    python bench/tag_headroom.py --model runs/rl/synthetic/gfpo-all-1e-5-seed0 --held-out
 """
 import argparse
 import os
