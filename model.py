@@ -290,13 +290,10 @@ class Qwen2(nn.Module):
 
     def forward(self, input_ids, targets=None, last=False, per_token=False, temperature=1.0, **kwargs):
         """input_ids (B, T) -> logits (B, T, V), or (B, V) of the last position only if `last`. With
-        targets (B, T) (targets[:, t] is the token that follows position t, -100 = no loss) it returns
-        the training loss instead, one row one sequence: nll_sum (B,) fp32, n_tokens (B,) (row_nll).
-        temperature T: those of the logits / T (an RL policy sampled at T)."""
-        h = self.hidden_states(input_ids, **kwargs)
-        h = h[:, -1] if last else h
-        # logits / T = (h / T) W^T (lm_head has no bias): the tempered loss without the (B*T, V) logits
-        return self.lm_head(h if temperature == 1 else h / temperature, targets, per_token)
+        targets (B, T) (targets[:, t] follows position t, -100 = no loss) the training loss instead, one
+        row one sequence: nll_sum (B,) fp32, n_tokens (B,) (row_nll); all of logits / T (an RL policy)."""
+        h = self.hidden_states(input_ids, **kwargs) / temperature  # logits / T = (h / T) W^T: no bias
+        return self.lm_head(h[:, -1] if last else h, targets, per_token)
 
     # ---------------------------------------------------------------------------------------------
     # Hugging Face checkpoints
