@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import field, fields
 from pathlib import Path
 
+from data.synthetic import TASKS
 from model import PRESETS
 
 
@@ -56,8 +57,8 @@ def check_value(f, value):
         return ((f"is neither a preset ({', '.join(PRESETS)}) nor " if kind == "model" else "is not ")
                 + "a model directory (config.json) or a run directory with model/"
                 + (" (has its training finished?)" if (path / "checkpoint").is_dir() else ""))
-    if kind == "data" and value not in ("synthetic", "synthetic-short") and not path.is_file():
-        return "must be 'synthetic', 'synthetic-short' or an existing file"
+    if kind == "data" and value not in TASKS and not path.is_file():
+        return f"must be {', '.join(map(repr, TASKS))} or an existing file"
     if kind == "file" and value and not path.is_file():
         return "must be an existing file"
     if kind == "out":

@@ -246,14 +246,12 @@ class GFPOConfig(RunConfig):
     clip_high: float = arg(0.28, "clip the ratio above at 1 + this (DAPO's clip-higher)", low=0)
     beta: float = arg(0.0, "weight of the exact KL to the initial model at the forking token (gfpo)", low=0)
     epochs: int = arg(1, "updates on each batch of rollouts (more than 1 makes the clip bind)", low=1)
-    # What the fork's gradient may move. Every weight the fork's logits depend on carries the answers
-    # too (in the tied demo model the tag digits' rows even predict every digit of every answer); the
-    # opener's row ("<think"; "ink" in Qwen2.5's vocabulary) reaches them only through attention to one
-    # position. On the toy (README) `opener` moves the choice further at a small cost on the plain task
-    # but, where the reward favours one tag hard (synthetic-short), it broke that tag's answers on 2
-    # seeds of 3: `all`, the paper's reading, stays the default.
+    # Every weight the fork's logits depend on carries the answers too; the opener's row ("<think"; "ink"
+    # in Qwen2.5's vocabulary) reaches them only through attention to one position. On the toy (README)
+    # `opener` moved the choice further on the plain task but broke the favoured tag's answers on 2 of 3
+    # seeds of synthetic-short: `all`, the paper's reading, stays the default.
     update: str = arg("all", "gfpo: the weights it moves: all, or opener: the input embedding row of the tag's "
-                             "token before the forking token, alone (grpo moves all)", choices=("all", "opener"))
+                             "token before the forking token, alone", choices=("all", "opener"))
     shared_tag: bool = arg(False, "the model was trained with the one shared tag <think> (mixed): grpo only")
     train_questions: int = arg(synthetic.TRAIN_QUESTIONS, "synthetic task: ssft.py's training questions: the prompts",
                                low=1)
@@ -271,6 +269,8 @@ class PromptSet:
             raise UserError("--shared-tag: a model with one shared tag has no forking token; use --mode grpo")
         if cfg.beta and cfg.mode == "grpo":
             raise UserError(f"--beta {cfg.beta}: the exact KL is at the forking token, for --mode gfpo only")
+        if cfg.update == "opener" and (cfg.mode == "grpo" or cfg.weight_decay):  # decay would shrink every row
+            raise UserError("--update opener: for --mode gfpo only, and without --weight-decay")
         self.task = load_task(cfg.data, split="train", train_questions=cfg.train_questions,
                               held_out=cfg.eval_questions)
         self.tok = load_tokenizer(tokenizer)
@@ -291,7 +291,7 @@ class PromptSet:
 def train(cfg, given):
     world = setup_world()
     if not cfg.lr:  # one row learns at a rate that would wreck the whole model
-        cfg = replace(cfg, lr=1e-2 if cfg.mode == "gfpo" and cfg.update == "opener" else 1e-5)
+        cfg = replace(cfg, lr=1e-2 if cfg.update == "opener" else 1e-5)
     with Run(cfg, given, world) as run:  # holds the run directory until the run ends
         cfg = run.cfg
         if run.finished:
@@ -305,7 +305,7 @@ def train(cfg, given):
             model = build_model(world, source)
             ref = build_model(world, source, verified=True).eval().requires_grad_(False) if cfg.beta else None
             model.gradient_checkpointing = cfg.activation_checkpointing
-            mask = opener_only(model, data.prompts.tags) if cfg.mode == "gfpo" and cfg.update == "opener" else None
+            mask = opener_only(model, data.prompts.tags) if cfg.update == "opener" else None
             opt = adamw(model, cfg.lr, cfg.weight_decay)
             if run.state:
                 checkpoint.load(run.checkpoint, model, opt)

@@ -235,7 +235,7 @@ _args = [_js.loads(_l) for _l in _sy.stdin.read().split("\\n")]
 _sol = _ty.ModuleType("tmp_sol")
 with _cl.redirect_stdout(_io.StringIO()):
     exec(_source, _sol.__dict__)
-    _f = getattr(_sol.Solution() if "class Solution" in {source!r} else _sol, {func_name!r})
+    _f = getattr(_sol.Solution() if {leetcode!r} else _sol, {func_name!r})
     _r = _js.dumps(_tag(_f(*_args)))
 _sy.stdout.write("\\n" + {mark!r} + _r)
 _sy.stdout.flush()
@@ -270,7 +270,7 @@ def grade_code(source: str, tests: list, func_name: str = None, timeout_s: float
         if test["testtype"] not in ("stdin", "functional"):
             raise ValueError(f"test {i}: unknown testtype {test['testtype']!r}")
         program = _HARNESS.format(source=_LCB_PRELUDE + source, func_name=func_name if functional else None,
-                                  mark=_MARK)
+                                  leetcode="class Solution" in source, mark=_MARK)  # LCB's test for a Solution
         run = run_program(program, test["input"], timeout_s=timeout_s, **limits)
         if run.status != "ok":
             results.append(run.status)

@@ -321,6 +321,8 @@ def test_resume_continues_exactly(ssft_run, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--shared-tag"], "--shared-tag: a model with one shared tag has no forking token; use --mode grpo"),
     (["--mode", "grpo", "--beta", "0.1"], "--beta 0.1: the exact KL is at the forking token, for --mode gfpo only"),
+    (["--update", "opener", "--weight-decay", "0.1"], "--update opener: for --mode gfpo only, and without --weight-decay"),
+    (["--mode", "grpo", "--update", "opener"], "--update opener: for --mode gfpo only, and without --weight-decay"),
     (["--group", "1"], "--group 1: must be at least 2"),
     (["--clip-low", "1"], "--clip-low 1.0: must be less than 1"),
     (["--batch", "7", "--train-questions", "6"], "--batch 7: must be at most the 6 prompts"),

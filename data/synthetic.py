@@ -22,7 +22,7 @@ what eval.py uses for the tags x strategies table, purity and accuracy.
 
 Two tasks share these questions and traces (TASKS, the --data of every script). "synthetic": any
 correct answer counts. "synthetic-short": an answer counts only if the whole response is no longer
-than the shortest of the question's four solutions (`shortest`). Then the right strategy depends on
+than the shortest of the question's four solutions. Then the right strategy depends on
 the question, predictably: counting sort is the shortest on 81% of the training questions, insertion
 sort on most of those of 3 digits and half of those of 4, so a policy that reads the question can
 beat every single strategy, which no policy can on the plain task (there the best tag per question
@@ -62,11 +62,6 @@ def solve(digits, strategy):
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     return f"{strategy} {body} answer {answer}"
-
-
-def shortest(digits):
-    """The length of the shortest of the four solutions: synthetic-short's budget for a response."""
-    return min(len(solve(digits, s)) for s in STRATEGIES)
 
 
 def question(digits):

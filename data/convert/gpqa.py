@@ -24,7 +24,7 @@ Record ID.
 """
 import random
 
-from data.convert.io import records, scalar, write_jsonl
+from data.convert.io import records, scalar, text, write_jsonl
 from data.prompts import LETTERS
 from data.traces import DataError
 
@@ -35,7 +35,7 @@ INCORRECT = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 def convert_gpqa(path, out):
     rng, rows, ids = random.Random(SEED), [], {}
     for where, record in records(path):
-        question, correct, *incorrect = (verbatim(record, column, path, where)
+        question, correct, *incorrect = (text(record, column, path, where, strip=False)
                                          for column in ("Question", "Correct Answer") + INCORRECT)
         record_id = scalar(record.get("Record ID"))
         if record_id is None:
@@ -50,13 +50,3 @@ def convert_gpqa(path, out):
     print(f"gpqa: {len(rows)} questions -> {out}")
     return rows
 
-
-def verbatim(record, column, path, where):
-    """record[column] as it is: a string that is not blank."""
-    value = record.get(column)
-    if not isinstance(value, str):
-        message = "missing" if value is None else f"must be a string, got {type(value).__name__}"
-        raise DataError(path, where, column, message)
-    if not value.strip():
-        raise DataError(path, where, column, "is empty")
-    return value

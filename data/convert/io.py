@@ -89,8 +89,9 @@ def write_jsonl(path, rows):
         raise
 
 
-def text(record, field, path, where):
-    """record[field] as a non-empty string; a list of strings (an older s1K-1.1 revision) is joined."""
+def text(record, field, path, where, strip=True):
+    """record[field] as a non-empty string (stripped, unless not `strip`); a list of strings (an older
+    s1K-1.1 revision) is joined."""
     if field not in record:
         raise DataError(path, where, field, "missing")
     value = record[field]
@@ -100,7 +101,7 @@ def text(record, field, path, where):
         raise DataError(path, where, field, f"must be a string, got {type(value).__name__}")
     if not value.strip():
         raise DataError(path, where, field, "is empty")
-    return value.strip()
+    return value.strip() if strip else value
 
 
 def records(path):
