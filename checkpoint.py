@@ -41,9 +41,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.tensor import DTensor
 
 import integrity
+from distributed import full_weights
 from integrity import MANIFEST, Damaged, checksums, write_checksums
 from model import Config, Qwen2
 
@@ -191,17 +191,13 @@ def export_hf(model, tokenizer, path, world, dtype=torch.bfloat16):
     """Write a HF model directory from a (sharded) training model, gathering one tensor at a time
     (a collective on every rank; rank 0 writes). Written as path.tmp and renamed."""
 
-    def gathered():
-        for name, t in model.checkpoint_tensors().items():
-            yield name, t.full_tensor() if isinstance(t, DTensor) else t
-
     if world.main:
         with _replacing(Path(path)) as tmp:
-            model.save_pretrained(tmp, tensors=gathered(), dtype=dtype)
+            model.save_pretrained(tmp, tensors=full_weights(model), dtype=dtype)
             tokenizer.save(str(tmp / "tokenizer.json"))
             write_checksums(tmp, {})
     else:
-        for _ in gathered():
+        for _ in full_weights(model):
             pass
     world.barrier()
 

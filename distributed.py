@@ -12,11 +12,16 @@ the ranks. Shared by the trainers (ssft.py, gfpo.py); checkpoints are in checkpo
   the embedding when tied: one parameter, one unit), then the root. FSDP's division of gradients
   by the number of ranks is turned off: the trainers divide their summed losses by the loss tokens
   of the global batch, so the gradient sum over ranks is the global mean as written.
+  `--cpu-offload` (world.offload) adds FSDP2's CPUOffloadPolicy: the sharded fp32 weights, their
+  gradients and AdamW's moments live in host memory (pinned on GPUs), each unit is copied to the
+  GPU for its all-gather, and the optimizer steps on the CPU. For the collectives on host tensors
+  (the offloaded gradients' norm) a GPU process group has a gloo backend beside NCCL.
 - `build_model(...)`: every rank builds the model on the meta device and shards it; rank 0 then
   streams the HF safetensors tensor by tensor (in fp32, the master dtype) and each tensor is
   broadcast and kept as each rank's slice, so no process ever holds the full model.
 
     torchrun --nproc_per_node=2 ssft.py --model tiny --steps 3      # two gloo ranks on a CPU
+    torchrun --nproc_per_node=8 ssft.py --cpu-offload ...          # the fp32 state in host memory
     python bench/bench_load.py                                     # peak memory while loading
 """
 import contextlib
@@ -44,6 +49,7 @@ class World:
     size: int = 1
     device: torch.device = torch.device("cpu")
     group: bool = False  # a process group exists (always when size > 1; on one GPU too)
+    offload: bool = False  # --cpu-offload: the sharded fp32 state in host memory (FSDP2's CPUOffloadPolicy)
 
     @property
     def main(self):
@@ -92,7 +98,8 @@ def setup_world():
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    backend = "nccl" if cuda else "gloo"
+    # NCCL, and gloo for host tensors: the gradients --cpu-offload keeps there (their norm's all-reduce)
+    backend = "cuda:nccl,cpu:gloo" if cuda else "gloo"
     if size == 1:  # `python ssft.py` on a GPU: a one-rank group, so FSDP2 applies the precision policy
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
                                 timeout=COLLECTIVE_TIMEOUT, device_id=device)
@@ -107,15 +114,18 @@ def compute_dtype(device):
 
 
 def shard(model, world):
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype(world.device), reduce_dtype=torch.float32)
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    policy = dict(mp_policy=MixedPrecisionPolicy(param_dtype=compute_dtype(world.device), reduce_dtype=torch.float32),
+                  # pinned host memory for fast copies; gloo ranks have no accelerator to pin for
+                  offload_policy=CPUOffloadPolicy(pin_memory=world.device.type == "cuda") if world.offload
+                  else OffloadPolicy())
     for block in model.model.layers:
-        fully_shard(block, mp_policy=mp)
+        fully_shard(block, **policy)
     if not model.config.tie_word_embeddings:
-        fully_shard(model.model.embed_tokens, mp_policy=mp)
+        fully_shard(model.model.embed_tokens, **policy)
     # The head is needed again at the very start of backward: keep it gathered after forward.
-    fully_shard(_head(model), mp_policy=mp, reshard_after_forward=False)
-    fully_shard(model, mp_policy=mp)
+    fully_shard(_head(model), **policy, reshard_after_forward=False)
+    fully_shard(model, **policy)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # sum over ranks; the loss divides by global tokens
@@ -139,7 +149,7 @@ def build_model(world, source=None, config=None, verified=False):
     with torch.device("meta"):
         model = Qwen2(config)
     shard(model, world)
-    model.to_empty(device=world.device)
+    model.to_empty(device="cpu" if world.offload else world.device)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
     if source is None:
         # Initialise the full model on rank 0 (a preset is small) and broadcast it.
@@ -186,3 +196,20 @@ def gathered(model):
         for m in units:
             m.set_reshard_after_forward(m not in head, recurse=False)
             m.reshard()
+
+
+
+@torch.no_grad()
+def full_weights(model, dtype=None):
+    """(HF name, full tensor) of every tensor a checkpoint stores (a tied head is the embedding,
+    named once), in `dtype` if given. Under FSDP2 each is all-gathered from its shards when asked
+    for, a collective every rank makes in the same order, so at most one full tensor (less than a
+    layer) is held beyond the shards: the HF export and a rollout engine's weight sync both stream
+    the model this way. A shard is cast before the gather (bf16 moves half of fp32's bytes) and
+    gathered on the GPU even when --cpu-offload keeps it in host memory."""
+    from torch.distributed.tensor import DTensor
+    for name, t in model.checkpoint_tensors().items():
+        if isinstance(t, DTensor):
+            local = t.to_local().to(t.device_mesh.device_type, dtype or t.dtype)
+            t = DTensor.from_local(local, t.device_mesh, t.placements, shape=t.shape, stride=t.stride()).full_tensor()
+        yield name, t if dtype is None else t.to(dtype)

@@ -52,7 +52,7 @@ from distributed import World, compute_dtype
 from flags import UserError, arg, model_dir, parse_flags, user_input
 from model import Qwen2
 from run import read_metrics
-from sampling import chat_prompts, draw_forks, fork_logits, fork_policy, fork_statistics, sample
+from sampling import LocalEngine, chat_prompts, draw_forks, fork_logits, fork_policy, fork_statistics, sample
 from tasks import load_task
 
 # Each run draws from its own seeds: sample s of question q under tag i in run r is seeded by
@@ -71,12 +71,13 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
     prompts = chat_prompts(tok, task, N, shared_tag)
     max_new = max_new or task.max_new
     settings = dict(temperature=temperature, top_p=top_p, max_new=max_new, stop=prompts.stop)
+    engine = LocalEngine(model)
 
     def decode(ids):
         return tok.decode(ids, skip_special_tokens=True)
 
     # the tags run: S samples of every tag, texts[q][i][s]
-    gen = sample(model, (Q, N, S), lambda q, i, s: (prompts.ids[q], prompts.slots[i], (seed, TAGS, q, i, s)),
+    gen = sample(engine, (Q, N, S), lambda q, i, s: (prompts.ids[q], prompts.slots[i], (seed, TAGS, q, i, s)),
                  **settings)
     texts = [[[decode(ids) for ids in tag] for tag in by_tag] for by_tag in gen]
     lengths = np.array([[[len(ids) for ids in tag] for tag in by_tag] for by_tag in gen])  # (Q, N, S)
@@ -110,7 +111,7 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
     if coverage is not None:
         report["pass@1_tag"] = {"tag": f"<think{coverage + 1}>", "accuracy": report["per_tag"][coverage]["accuracy"]}
     # the think1 run: pass@1 and the pass@k curve
-    gen = sample(model, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[0], (seed, THINK1, q, 0, s)), **settings)
+    gen = sample(engine, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[0], (seed, THINK1, q, 0, s)), **settings)
     c = [sum(right(q, task.extract(decode(ids), q)) for ids in gen[q]) for q in range(Q)]
     report["pass@k"] = {k: float(np.mean([metrics.pass_at_k(n, cq, k) for cq in c]))
                         for k in sorted({1, *[k for k in metrics.PASS_KS.get(task.name, (N, n)) if k <= n]})}
@@ -122,13 +123,13 @@ def evaluate(model, tok, task, *, num_tags, samples=0, pass_samples=0, temperatu
         report["tag_distribution"] = fork_statistics(logits, prompts.tags, world)
         forks = draw_forks(fork_policy(logits, prompts.tags, temperature),
                            [[(seed, SELF_FORKS, q, 0, s) for s in range(n)] for q in range(Q)])  # (Q, n)
-        gen = sample(model, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[int(forks[q, s])],
+        gen = sample(engine, (Q, n), lambda q, s: (prompts.ids[q], prompts.slots[int(forks[q, s])],
                                                   (seed, SELF, q, int(forks[q, s]), s)), **settings)
         report["pass@1_self"] = float(np.mean([right(q, task.extract(decode(ids), q)) for q in range(Q)
                                                for ids in gen[q]]))
     # the greedy run: one answer per tag
     if greedy:
-        gen = sample(model, (Q, N), lambda q, i: (prompts.ids[q], prompts.slots[i], (seed, GREEDY, q, i, 0)),
+        gen = sample(engine, (Q, N), lambda q, i: (prompts.ids[q], prompts.slots[i], (seed, GREEDY, q, i, 0)),
                      **{**settings, "temperature": 0.0})
         g_texts = [[decode(ids) for ids in by_tag] for by_tag in gen]  # g_texts[q][i]
         g_ans = [[task.extract(t, q) for t in by_tag] for q, by_tag in enumerate(g_texts)]

@@ -4,6 +4,7 @@ allocated, so it runs anywhere), and the options a run needs to fit.
 
     python ssft.py --plan --model qwen2.5-32b --world-size 8 --max-len 16384
     python plan.py --model qwen2.5-32b --world-size 8 --gfpo --batch 256 --group 8 --max-new 16384
+    python plan.py --gfpo --vllm-tp 2 --cpu-offload --activation-checkpointing   # ... on vLLM, offloaded
     python plan.py --table            # the README tables: 0.5B ... 72B on 8 x 80 / 141 / 192 GB
     python -m pytest -q test_plan.py  # the estimate against the measured peaks of CPU runs
 
@@ -24,12 +25,16 @@ Per rank, for P parameters on W ranks and b bytes per element of the compute dty
 - gfpo.py's rollouts (distributed.gathered): the whole model in the compute dtype, bP, beside the
   fp32 weights and moments (gradients are freed by then); the KV cache of the rows decoded at once,
   layers x rows x (prompt + max_new) x 2 x kv_heads x head_dim x b (model.KVCache); the prefill's
-  and sampler's temporaries. With --beta the reference model adds 4P/W (not counted).
+  and sampler's temporaries. With --beta the reference model adds 4P/W (not counted). With
+  --rollouts vllm (vllm_engine.py) an engine of TP GPUs holds bP/TP on each of them instead of the
+  gathered model, and its paged KV cache the rows in flight; it sleeps (holds nothing) while
+  training steps, and may use what the rollout phase leaves (its --vllm-memory default).
 The peak is the largest phase. The CUDA context, NCCL buffers and allocator fragmentation are not
 estimated: RESERVE stays free. If a run does not fit, the options in order: activation
-checkpointing; CPU offload of the sharded fp32 state and the optimizer step (FSDP2's
-CPUOffloadPolicy, not in distributed.shard yet; 16P bytes of host memory per node of 8 GPUs);
-more GPUs. Memory sizes are decimal GB, below what the cards report (80 GB H100: 85.9e9 bytes).
+checkpointing; CPU offload of the sharded fp32 state and the optimizer step (--cpu-offload:
+FSDP2's CPUOffloadPolicy in distributed.shard; 16P/W bytes of pinned host memory per rank, 16P per
+node of 8 GPUs); more GPUs. `--plan` prints every option, and the peak of the run's own flags.
+Memory sizes are decimal GB, below what the cards report (80 GB H100: 85.9e9 bytes).
 """
 import argparse
 
@@ -82,9 +87,10 @@ def _bytes(device):
     return torch.finfo(compute_dtype(torch.device(device))).bits // 8
 
 
-def estimate(config, world, tokens, device="cuda", rows=0, prompt=0, max_new=0):
+def estimate(config, world, tokens, device="cuda", rows=0, prompt=0, max_new=0, tp=0):
     """{part: bytes per rank} for micro-batches of `tokens` tokens; rows > 0 adds gfpo.py's rollout
-    terms for `rows` sequences of prompt + max_new tokens decoded at once."""
+    terms for `rows` sequences a rank of prompt + max_new tokens decoded at once, by the local engine
+    or (tp > 0) by vLLM engines of tp GPUs."""
     P, block, head = sizes(config)
     b, d, L, ffn = _bytes(device), config.hidden_size, config.num_hidden_layers, config.intermediate_size
     layer, top = activations_per_token(config, b)
@@ -98,7 +104,7 @@ def estimate(config, world, tokens, device="cuda", rows=0, prompt=0, max_new=0):
              BLOCK: held + tokens * b * (d + 2 * ffn), RECOMPUTE: tokens * layer}
     if rows:
         kv = config.num_key_value_heads * config.head_dim
-        parts["rollouts: whole model gathered"] = b * P
+        parts["rollouts: vLLM engine weights, 1/TP" if tp else "rollouts: whole model gathered"] = b * P / max(tp, 1)
         parts["rollouts: KV cache"] = L * rows * (prompt + max_new) * 2 * kv * b
         # the prefill's temporaries (3 ffn- and 4 d-wide at once), the sampler's (rows, V) fp32 ones
         parts["rollouts: prefill and sampling"] = rows * (b * prompt * (3 * ffn + 4 * d) + 5 * 4 * config.vocab_size)
@@ -134,9 +140,10 @@ def fewest_gpus(config, memory, tokens):
     return next(n for n in range(8, 4097, 8) if peak(estimate(config, n, tokens)) <= memory - RESERVE)
 
 
-def rollout_rows(config, world, memory, prompt, max_new, offload=False):
-    """How many rollouts gfpo.py can decode at once on `memory` bytes per GPU (0: none)."""
-    one = estimate(config, world, 1, rows=1, prompt=prompt, max_new=max_new)
+def rollout_rows(config, world, memory, prompt, max_new, offload=False, tp=0):
+    """How many rollouts a GPU can hold in flight on `memory` bytes (0: none): gfpo.py's local
+    engine, or (tp > 0) vLLM engines of tp GPUs."""
+    one = estimate(config, world, 1, rows=1, prompt=prompt, max_new=max_new, tp=tp)
     per_row = one["rollouts: KV cache"] + one["rollouts: prefill and sampling"]
     return max(0, int((memory - RESERVE - phases(one, offload=offload)["rollouts"] + per_row) // per_row))
 
@@ -147,22 +154,27 @@ def print_plan(cfg):
     config = Config.from_json(path / "config.json") if path.is_dir() else Config.preset(cfg.model)
     tokens, world = max(cfg.micro_tokens, cfg.max_len), cfg.world_size
     rows = min(cfg.sample_batch, cfg.batch // world * cfg.group) if getattr(cfg, "group", 0) else 0
+    tp = cfg.vllm_tp if getattr(cfg, "rollouts", "local") == "vllm" else 0
     # gfpo.py's --max-new 0 means 4096 for math and code prompts (gfpo.RL_MAX_NEW); prompts of ~512 tokens
-    rollouts = dict(rows=rows, prompt=getattr(cfg, "prompt_len", 512), max_new=getattr(cfg, "max_new", 0) or 4096)
+    rollouts = dict(rows=rows, prompt=getattr(cfg, "prompt_len", 512), max_new=getattr(cfg, "max_new", 0) or 4096,
+                    tp=tp)
     parts = estimate(config, world, tokens, **rollouts)
     print(f"{cfg.model}: {sizes(config)[0] / 1e9:.2f}B parameters, {world} GPUs, {tokens} tokens per micro-batch"
-          + (", {rows} rollouts of {prompt} + {max_new} tokens decoded at once".format(**rollouts) if rows else ""))
+          + (", {rows} rollouts of {prompt} + {max_new} tokens in flight a GPU".format(**rollouts) if rows else "")
+          + (f" (vLLM, TP {tp})" if rows and tp else ""))
     for name, size in parts.items():
         print(f"  {name:<72} {size / GB:7.1f} GB")
     for checkpointing, offload, name in OPTIONS:
         print(f"  {'peak, options: ' + name:<72} {peak(parts, checkpointing, offload) / GB:7.1f} GB")
+    own = peak(parts, cfg.activation_checkpointing, cfg.cpu_offload)
+    print(f"  {'peak, this run (--activation-checkpointing, --cpu-offload as given)':<72} {own / GB:7.1f} GB")
     print(f"  (plus {RESERVE / GB:.0f} GB kept free for the CUDA context, NCCL buffers and fragmentation)")
     for gpus, memory in GPUS.items():
         name, p = options(config, world, memory, tokens, **rollouts)
         print(f"  {world} x {memory / GB:.0f} GB: " + (f"fits with options: {name} ({p / GB:.0f} GB)" if name
                                                       else f"does not fit ({p / GB:.0f} GB with every option)"))
         if rows:
-            fit = [rollout_rows(config, world, memory, rollouts["prompt"], rollouts["max_new"], o) for o in (0, 1)]
+            fit = [rollout_rows(config, world, memory, rollouts["prompt"], rollouts["max_new"], o, tp) for o in (0, 1)]
             print(f"    rollouts that fit at once (--sample-batch {rows}): {fit[0]}, {fit[1]} with CPU offload")
 
 
@@ -199,6 +211,9 @@ if __name__ == "__main__":
     p.add_argument("--sample-batch", type=int, default=256, help="gfpo.py rollouts decoded at once")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--max-new", type=int, default=16384)
+    p.add_argument("--vllm-tp", type=int, default=0, help="gfpo.py's rollouts on vLLM engines of this TP (0: local)")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--cpu-offload", action="store_true")
     a = p.parse_args()
-    a.group = a.group if a.gfpo else 0
+    a.group, a.rollouts = a.group if a.gfpo else 0, "vllm" if a.vllm_tp else "local"
     print(table(a.max_len, a.prompt_len, a.max_new)) if a.table else print_plan(a)

@@ -57,6 +57,8 @@ class RunConfig:
     overwrite: bool = arg(False, "discard an unfinished run in --out instead of refusing")
     stop_after: int = arg(0, "leave after this many steps of this invocation (then --resume)", low=0)
     activation_checkpointing: bool = arg(False, "recompute each block in backward to save memory")
+    cpu_offload: bool = arg(False, "FSDP2 CPU offload: the sharded fp32 weights, gradients and AdamW state in host "
+                                   "memory, the optimizer step on the CPU (plan.py's 'AC + offload')")
     export_dtype: str = arg("bfloat16", "dtype of the Hugging Face export out/model at the end",
                             choices=("bfloat16", "float16", "float32"))
     plan: bool = arg(False, "print the per-GPU memory plan for --model and --world-size, then exit")
@@ -74,7 +76,7 @@ def step_items(n, batch, seed, step, world):
 # Settings a resumed run may change: its length and learning rate (e.g. lower after a divergence)
 # and how it saves and spends memory. Anything else would make it another run. The flags of one
 # invocation (PER_CALL) are never taken from the saved run.
-RESUMABLE = ("steps", "lr", "save_every", "micro_tokens", "activation_checkpointing", "export_dtype")
+RESUMABLE = ("steps", "lr", "save_every", "micro_tokens", "activation_checkpointing", "cpu_offload", "export_dtype")
 PER_CALL = ("resume", "overwrite", "out", "stop_after")
 
 

@@ -16,6 +16,7 @@ Tags are 0-based in the code and the logs (sigma[j] = 0 is <think1>).
     python ssft.py --model Qwen2.5-32B-Instruct/ --data s1k4.jsonl --out out/ssft32b \\
         --steps 320 --batch 16 --lr 1e-5 --weight-decay 1e-4 --match-tokens 1000 --max-len 16384
     torchrun --nproc_per_node=8 ssft.py --model ... # FSDP2; K ranks compute the same step as one
+    torchrun --nproc_per_node=8 ssft.py ... --activation-checkpointing --cpu-offload   # 32B on 8 x 80 GB
     python ssft.py --out out/ssft32b --resume         # after a crash, Ctrl-C or preemption
     python ssft.py --plan --model qwen2.5-32b --world-size 8 --max-len 16384   # memory per GPU
     python -m pytest -q test_ssft.py
@@ -183,6 +184,7 @@ def train(cfg, given):
         cfg = run.cfg
         if run.finished:
             return cfg, run
+        world.offload = cfg.cpu_offload  # a resumed run's own setting
         with user_input():
             data = TrainingSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
         if world.main:

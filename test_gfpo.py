@@ -28,6 +28,7 @@ from data.synthetic import make_examples, tokenizer_for
 from distributed import World
 from flags import parse_flags
 from model import Qwen2
+from sampling import LocalEngine
 from tasks import load_task
 
 SMALL = ["--steps", "3", "--batch", "4", "--group", "4", "--train-questions", "48", "--eval-questions", "0",
@@ -97,7 +98,7 @@ def small_setup(ssft_run, mode, epochs=1, qs=(0, 1, 2, 3), micro_tokens=300):
     world = World()
     data = gfpo.PromptSet(cfg, world, ssft_run / "model")
     model = Qwen2.from_pretrained(ssft_run / "model")
-    ro = gfpo.rollouts(model, None, data, list(qs), cfg, world, step=0)
+    ro = gfpo.rollouts(model, None, LocalEngine(model), data, list(qs), cfg, world, step=0)
     return cfg, world, data, model, ro
 
 

@@ -118,6 +118,85 @@ def test_two_rank_peaks_match_the_plan(tmp_path):
     check(results)
 
 
+def offloaded(world):
+    """Run in each rank: shard the SMALL model as --cpu-offload does and take a training step. The
+    offload policy each FSDP unit got and where the sharded state lives; on a GPU also, with and
+    without offload, the memory that stays on the GPU between steps and the peaks of forward +
+    backward and of the optimizer step (torch.cuda's allocator counts)."""
+    import torch.distributed.fsdp as fsdp
+    from distributed import build_model
+    policies, fully_shard = [], fsdp.fully_shard
+
+    def recording(module, **kw):
+        policy = kw.get("offload_policy")
+        policies.append([type(policy).__name__, getattr(policy, "pin_memory", None)])
+        return fully_shard(module, **kw)
+
+    fsdp.fully_shard, cuda, out = recording, world.device.type == "cuda", {}
+    config = Config(**SMALL)
+    ids = torch.randint(0, config.vocab_size, (1, TOKENS), generator=torch.Generator().manual_seed(world.rank))
+    for offload in ((False, True) if cuda else (True,)):
+        world.offload = offload
+        cuda and torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated() if cuda else 0
+        model = build_model(world, None, config)
+        opt = torch.optim.AdamW(model.parameters(), foreach=True)
+        cuda and torch.cuda.reset_peak_memory_stats()
+        model(ids.to(world.device), targets=ids.to(world.device))[0].sum().backward()
+        peaks = [torch.cuda.max_memory_allocated() - base] if cuda else []
+        cuda and torch.cuda.reset_peak_memory_stats()
+        opt.step()
+        peaks += [torch.cuda.max_memory_allocated() - base] if cuda else []
+        opt.zero_grad(set_to_none=True)
+        state = [p.to_local() for p in model.parameters()] + [t for s in opt.state.values() for t in s.values()
+                                                             if t.ndim]
+        out[str(offload)] = {"policies": policies[:], "state devices": sorted({t.device.type for t in state}),
+                             "pinned": all(t.is_pinned() for t in state) if cuda else None,
+                             "resident": torch.cuda.memory_allocated() - base if cuda else None, "peaks": peaks}
+        policies.clear()
+        del model, opt, state
+        gc.collect()
+    return out
+
+
+# FSDP units of SMALL: a block each, the embedding unless tied (then in the head's), the head, the root
+UNITS = SMALL["num_hidden_layers"] + 2 + (not Config(**SMALL).tie_word_embeddings)
+
+
+def test_cpu_offload_shards_every_unit_with_the_policy(tmp_path):
+    """Two gloo ranks: every FSDP unit gets CPUOffloadPolicy (unpinned: no accelerator to pin for),
+    the state is on the CPU, and a step runs. (On a CPU the memory is host memory either way: the
+    GPU test below measures what offload saves.)"""
+    proc = subprocess.run([*TORCHRUN, __file__, "offload", str(tmp_path)], cwd=ROOT, env=CPU_ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in range(2):
+        out = json.loads((tmp_path / f"rank{r}.json").read_text())["True"]
+        assert out["policies"] == [["CPUOffloadPolicy", False]] * UNITS
+        assert out["state devices"] == ["cpu"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu.sh runs it)")
+def test_cpu_offload_on_a_gpu_leaves_what_the_plan_says(tmp_path):
+    """One GPU (a one-rank NCCL group): with --cpu-offload the sharded state is in pinned host
+    memory, nothing of it stays on the GPU between steps (the plan's 0), the optimizer step runs on
+    the CPU, and forward + backward peaks lower by about the state the plan moves off."""
+    proc = subprocess.run([sys.executable, __file__, "offload", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "rank0.json").read_text())
+    on, off = out["False"], out["True"]
+    parts = plan.estimate(Config(**SMALL), 1, TOKENS, device="cuda")
+    held = parts["fp32 weights"] + parts["AdamW moments"]  # what stays on the GPU between steps
+    print(f"resident {on['resident'] / 1e6:.1f} MB (plan {held / 1e6:.1f}), offloaded {off['resident'] / 1e6:.1f} MB;"
+          f" peaks {on['peaks']} / {off['peaks']}")
+    assert off["policies"] == [["CPUOffloadPolicy", True]] * UNITS
+    assert off["state devices"] == ["cpu"] and off["pinned"] and on["state devices"] == ["cuda"]
+    assert on["resident"] == pytest.approx(held, rel=TOLERANCE) and off["resident"] < 0.02 * held
+    assert off["peaks"][1] < 0.1 * on["peaks"][1]  # the optimizer step: on the CPU
+    assert on["peaks"][0] - off["peaks"][0] > 0.8 * held  # forward + backward without the state
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_activations_per_layer_are_what_autograd_saves(dtype):
     """Sum the storages that autograd saves in one decoder layer (weights and RoPE tables aside)."""
@@ -150,14 +229,27 @@ def test_the_32b_run_needs_checkpointing_and_fits_the_paper_machine():
     assert plan.fewest_gpus(config, 80e9, 16384) == 16
 
 
+def test_vllm_rollouts_hold_a_tp_share_of_the_weights():
+    """On vLLM engines of TP GPUs a GPU holds 1/TP of the weights, not the gathered model; the KV
+    cache of a GPU's rows is the local engine's (its rows span TP GPUs, each holding 1/TP of them)."""
+    config, P = Config.preset("qwen2.5-32b"), 32.76e9
+    local, tp2 = (plan.estimate(config, 8, 4096, rows=4, prompt=512, max_new=16384, tp=tp) for tp in (0, 2))
+    assert local["rollouts: whole model gathered"] == pytest.approx(2 * P, rel=0.01)
+    assert tp2["rollouts: vLLM engine weights, 1/TP"] == pytest.approx(P, rel=0.01)
+    assert local["rollouts: KV cache"] == tp2["rollouts: KV cache"]
+    rows = [plan.rollout_rows(config, 8, 80e9, 512, 16384, offload=True, tp=tp) for tp in (0, 2, 8)]
+    assert rows[0] < rows[1] < rows[2]
+
+
 def test_table_names_every_size():
     text = plan.table()
     assert all(f"| qwen2.5-{s} |" in text for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b"))
 
 
-if __name__ == "__main__" and sys.argv[1] == "measure":  # each rank writes its own results
+if __name__ == "__main__":  # `measure` or `offload`: each rank writes its own results
     from distributed import setup_world
     world = setup_world()
-    (Path(sys.argv[2]) / f"rank{world.rank}.json").write_text(json.dumps(measure(world)))
+    result = measure(world) if sys.argv[1] == "measure" else offloaded(world)
+    (Path(sys.argv[2]) / f"rank{world.rank}.json").write_text(json.dumps(result))
     gc.collect()  # the FSDP model's cycles, before the process group goes (see test_checkpoint.py)
     world.close()

@@ -15,7 +15,7 @@ from data import forking_tags
 from data.synthetic import make_examples, tokenizer_for
 from distributed import World
 from model import Config, Qwen2
-from sampling import chat_prompts, draw_forks, fork_logits, fork_policy, fork_statistics, sample, seeded
+from sampling import LocalEngine, chat_prompts, draw_forks, fork_logits, fork_policy, fork_statistics, sample, seeded
 from tasks import SyntheticTask
 
 
@@ -40,11 +40,11 @@ def test_sample_is_nested_and_does_not_depend_on_the_batch(setup):
     tok, model, task, prompts = setup
     settings = dict(temperature=1.0, top_p=0.95, max_new=12, stop=prompts.stop)
     job = lambda q, i, s: (prompts.ids[q], prompts.slots[i], (7, q, i, s))  # noqa: E731
-    together = sample(model, (3, 2, 2), job, batch=256, **settings)
-    alone = sample(model, (3, 2, 2), job, batch=1, **settings)
+    together = sample(LocalEngine(model, batch=256), (3, 2, 2), job, **settings)
+    alone = sample(LocalEngine(model, batch=1), (3, 2, 2), job, **settings)
     assert together == alone  # each sample has its own generator: the batch changes nothing
     assert [len(together), len(together[0]), len(together[0][0])] == [3, 2, 2]
-    one = sample(model, (1,), lambda _: job(2, 1, 0), **settings)[0]
+    one = sample(LocalEngine(model), (1,), lambda _: job(2, 1, 0), **settings)[0]
     assert together[2][1][0] == one  # out[q][i][s] is the sample of index (q, i, s)
     assert together[2][1][0] != together[2][1][1]  # another seed, another sample (can fail: it did not)
 

@@ -167,6 +167,23 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_offload_trains_the_same_and_resumes_with_it(tmp_path):
+    """Two gloo ranks with --cpu-offload (FSDP2's CPUOffloadPolicy; test_plan.py checks that every
+    unit gets it) give the losses of the run without it, also stopped and resumed without repeating
+    the flag (the saved run's setting holds)."""
+    args = TINY_RUN + ["--steps", "3", "--seed", "2"]
+    for flags in (["--out", str(tmp_path / "plain")], ["--out", str(tmp_path / "offload"), "--cpu-offload",
+                                                       "--stop-after", "2"]):
+        proc = subprocess.run([*TORCHRUN, "ssft.py", *args, *flags], cwd=ROOT, env=CPU_ENV, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([*TORCHRUN, "ssft.py", "--out", str(tmp_path / "offload"), "--resume"], cwd=ROOT,
+                          env=CPU_ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(losses(tmp_path / "offload")) == 3
+    assert losses(tmp_path / "offload") == pytest.approx(losses(tmp_path / "plain"), abs=1e-6)
+
+
 # -------------------------------------------------------------------------------------------------
 # Bad input: one clear message naming file, line and field; nothing written to --out
 

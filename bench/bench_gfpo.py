@@ -22,6 +22,7 @@ import gfpo  # noqa: E402
 from distributed import World  # noqa: E402
 from model import Qwen2  # noqa: E402
 from flags import model_dir, parse_flags  # noqa: E402
+from sampling import LocalEngine  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -51,7 +52,7 @@ def main():
                                                "--group", str(a.group)])
         data = gfpo.PromptSet(cfg, world, model_dir(a.model))
         t = time.perf_counter()
-        ro = gfpo.rollouts(model.eval(), None, data, list(range(a.batch)), cfg, world, step=0)
+        ro = gfpo.rollouts(model.eval(), None, LocalEngine(model), data, list(range(a.batch)), cfg, world, step=0)
         seconds["rollouts_and_rewards"] = time.perf_counter() - t
 
         def step():

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's single GPU script: every check that needs a CUDA GPU, in one command, in at most
-# 8 minutes (each check has its own time limit; the limits and the kill grace add up to 475 s).
+# 8 minutes (each check has its own time limit; the limits and the kill grace add up to 475 s),
+# plus 4 minutes for the vLLM checks where vLLM is installed.
 #
 #   bash bench/gpu.sh                  # from anywhere; results go to $OUT (default bench/out)
 #
@@ -34,14 +35,14 @@ if not torch.cuda.is_available():
 print(torch.cuda.get_device_name(), 'torch', torch.__version__)" || exit 1
 
 # --- kernels/: the fused per-sequence linear cross-entropy against naive, T in {8k, 32k} tokens
-check kernels-bench 100 "$PYTHON" bench/gpu_kernels.py --out "$OUT/gpu_kernels.json"
+check kernels-bench 80 "$PYTHON" bench/gpu_kernels.py --out "$OUT/gpu_kernels.json"
 check kernels-tests 45 "$PYTHON" -m pytest -q test_kernels.py --junitxml "$OUT/test_kernels.xml"
 
 # --- training throughput and MFU of random Qwen2.5-0.5B and -1.5B, bf16, 8k-token micro-batches
-check train-throughput 70 "$PYTHON" bench/gpu_train.py --out "$OUT/gpu_train.json"
+check train-throughput 60 "$PYTHON" bench/gpu_train.py --out "$OUT/gpu_train.json"
 
 # --- the SSFT / mixed step ratio at the paper's shapes (N 6, M 4, L 1000, ~8k-token traces), 0.5B
-check ssft-step-ratio 60 "$PYTHON" bench/bench_ssft_step.py --shape paper --device cuda --model qwen2.5-0.5b \
+check ssft-step-ratio 50 "$PYTHON" bench/bench_ssft_step.py --shape paper --device cuda --model qwen2.5-0.5b \
     --repeats 2 --json "$OUT/gpu_ssft_step.json"
 
 # --- the suites of the training code on the GPU path (one-rank NCCL group, bf16, Triton loss), then
@@ -50,6 +51,20 @@ check ssft-step-ratio 60 "$PYTHON" bench/bench_ssft_step.py --shape paper --devi
 check tests 85 "$PYTHON" -m pytest -q -x test_model.py test_ssft.py test_gfpo.py --junitxml "$OUT/tests.xml"
 check ssft-gpu 50 "$PYTHON" ssft.py --steps 100 --out "$OUT/ssft_gpu" --overwrite
 check gfpo-gpu 30 "$PYTHON" gfpo.py --model "$OUT/ssft_gpu" --steps 10 --out "$OUT/gfpo_gpu" --overwrite
+
+# --- --cpu-offload: the sharded state in pinned host memory, against the plan (test_plan.py)
+check cpu-offload 35 "$PYTHON" -m pytest -q -s test_plan.py -k offload --junitxml "$OUT/test_offload.xml"
+
+# --- GFPO's rollouts on vLLM, where it is installed (pip install -r requirements-vllm.txt; not counted
+#     in the 8 minutes): the synced weights, the policy and the throughput against the local engine,
+#     then a few GFPO steps end to end
+if "$PYTHON" -c "import vllm" 2>/dev/null; then
+    check vllm-engine 150 "$PYTHON" bench/gpu_vllm.py --model "$OUT/ssft_gpu" --out "$OUT/gpu_vllm.json"
+    check gfpo-vllm 90 "$PYTHON" gfpo.py --model "$OUT/ssft_gpu" --steps 5 --rollouts vllm --out "$OUT/gfpo_vllm" \
+        --overwrite
+else
+    echo "=== vllm-engine, gfpo-vllm: skipped (vLLM is not installed: pip install -r requirements-vllm.txt)"
+fi
 
 echo "total: $((SECONDS - start)) s"
 if [ ${#failed[@]} -gt 0 ]; then

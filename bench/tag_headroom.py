@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import synthetic  # noqa: E402
 from distributed import World  # noqa: E402
 from eval import FORK_BUDGET, load  # noqa: E402
-from sampling import chat_prompts, fork_logits, fork_policy, sample  # noqa: E402
+from sampling import LocalEngine, chat_prompts, fork_logits, fork_policy, sample  # noqa: E402
 from tasks import SyntheticTask  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main():
     examples = held_out if a.held_out else train[:a.questions]
     task = SyntheticTask(examples)
     prompts, Q, S = chat_prompts(tok, task, 6), len(examples), a.samples
-    gen = sample(model, (Q, 6, S), lambda q, i, s: (prompts.ids[q], prompts.slots[i], (0, 9, q, i, s)),
+    gen = sample(LocalEngine(model), (Q, 6, S), lambda q, i, s: (prompts.ids[q], prompts.slots[i], (0, 9, q, i, s)),
                  temperature=0.7, top_p=0.95, max_new=120, stop=prompts.stop)
     acc = np.array([[[task.grade(tok.decode(ids, skip_special_tokens=True), q) for ids in tag] for tag in gen[q]]
                     for q in range(Q)], dtype=float).mean(2)  # (Q, N)
