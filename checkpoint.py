@@ -193,11 +193,11 @@ def export_hf(model, tokenizer, path, world, dtype=torch.bfloat16):
 
     if world.main:
         with _replacing(Path(path)) as tmp:
-            model.save_pretrained(tmp, tensors=full_weights(model), dtype=dtype)
+            model.save_pretrained(tmp, tensors=full_weights(model, dtype), dtype=dtype)
             tokenizer.save(str(tmp / "tokenizer.json"))
             write_checksums(tmp, {})
     else:
-        for _ in full_weights(model):
+        for _ in full_weights(model, dtype):  # the same collectives as rank 0's
             pass
     world.barrier()
 

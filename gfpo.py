@@ -39,7 +39,7 @@ logits; like verl and TRL, the log-probability ignores top-p.       (grpo_object
         --mode grpo --out out/grpo                    # the paper's baseline: SFT + GRPO
     torchrun --nproc_per_node=8 gfpo.py --model runs/ssft32b --data dapo1k.jsonl --out runs/gfpo32b --batch 256 \\
         --steps 10 --lr 1e-6 --max-new 16384 \\
-        --rollouts vllm --vllm-tp 2 --cpu-offload    # the paper's setting as far as it is known; FSDP2
+        --rollouts vllm --vllm-tp 4 --cpu-offload    # the paper's setting as far as it is known; FSDP2
     python -m pytest -q test_gfpo.py
 """
 import sys
@@ -296,7 +296,6 @@ def train(cfg, given):
         cfg = run.cfg
         if run.finished:
             return cfg, run
-        world.offload = cfg.cpu_offload  # a resumed run's own setting
         if not model_dir(cfg.model).is_dir():
             raise UserError(f"--model {cfg.model}: RL starts from a trained model (a run or HF directory)")
         with user_input():

@@ -98,6 +98,7 @@ class Run:
         except BaseException:
             self.release()
             raise
+        world.offload = self.cfg.cpu_offload  # the run's own setting (a resumed run's: its saved one)
         self.metrics = self.out / "metrics.jsonl"
         self.signum = None  # the stop signal the run left on, if any
 

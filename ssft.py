@@ -184,7 +184,6 @@ def train(cfg, given):
         cfg = run.cfg
         if run.finished:
             return cfg, run
-        world.offload = cfg.cpu_offload  # a resumed run's own setting
         with user_input():
             data = TrainingSet(cfg, world, run.checkpoint / "tokenizer.json" if run.state else cfg.tokenizer)
         if world.main:

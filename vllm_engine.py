@@ -5,7 +5,7 @@ and model.generate would take hours (README, "Scale"). Optional: nothing imports
 
     pip install -r requirements-vllm.txt                     # vLLM 0.33.0 (a CUDA build; its own torch)
     python gfpo.py --model out/ssft --rollouts vllm          # one GPU
-    torchrun --nproc_per_node=8 gfpo.py --model runs/ssft32b --rollouts vllm --vllm-tp 2 --cpu-offload ...
+    torchrun --nproc_per_node=8 gfpo.py --model runs/ssft32b --rollouts vllm --vllm-tp 4 --cpu-offload ...
     python -m pytest -q test_vllm_engine.py                  # against a stand-in with vLLM 0.33.0's signatures
 
 What the engine is given, and what stays ours:
@@ -24,9 +24,9 @@ and reads no checkpoint (load_format "dummy"): its weights always come from the 
 --vllm-memory of the GPU (default: what training leaves free during the rollouts, by plan.py's
 estimate) for its weights (bf16, 1/TP of the model) and its paged KV cache. After the rollouts it
 sleeps at level 2, releasing both, so the update has the GPU; before the next rollouts it wakes,
-takes the weights of the last optimizer step (distributed.full_weights: gathered from the FSDP2
-shards one tensor at a time, in HF's names, in bf16, handed over in memory, never written to
-disk), and allocates its KV cache again.
+takes the weights of the last optimizer step (sync_weights; distributed.full_weights: gathered
+from the FSDP2 shards one tensor at a time, in HF's names, in bf16, handed over in memory, never
+written to disk), and maps its KV cache again when the rollout phase opens (phase).
 
 Tensor parallelism (--vllm-tp K): the ranks of torchrun, in groups of K consecutive ranks, each run
 one engine together (vLLM's external launcher). A group's ranks pool their jobs, each engine rank
@@ -124,8 +124,6 @@ class VLLMEngine:
         params = [self.vllm.SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new,
                                            stop_token_ids=list(stop), ignore_eos=True, seed=seed, detokenize=False)
                   for _, seed in pooled]
-        _return_cached_memory()
-        self.llm.wake_up(tags=["kv_cache"])
         outputs = self.llm.generate([self.vllm.TokensPrompt(prompt_token_ids=ids) for ids, _ in pooled], params,
                                     use_tqdm=False)
         start = dist.get_rank(self.group) * len(mine) if self.group is not None else 0
@@ -133,8 +131,10 @@ class VLLMEngine:
 
     @contextlib.contextmanager
     def phase(self):
-        """The rollout phase: the engine holds its own weights; asleep when it ends, so that the
-        update has the GPU."""
+        """The rollout phase: the engine's KV cache mapped again (its weights woke with the sync);
+        asleep when it ends, so that the update has the GPU."""
+        _return_cached_memory()
+        self.llm.wake_up(tags=["kv_cache"])
         try:
             yield
         finally:

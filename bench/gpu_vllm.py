@@ -66,7 +66,6 @@ def main():
     # the engine's weights: its log-probabilities of one training sequence's tokens against ours
     ids = prompts.ids[0] + prompts.slots[0] + encode(tok, task.questions[0])[:32]
     with vllm.phase():
-        vllm.llm.wake_up(tags=["kv_cache"])
         out = vllm.llm.generate([vllm.vllm.TokensPrompt(prompt_token_ids=ids)],
                                 vllm.vllm.SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
     theirs = torch.tensor([d[t].logprob for d, t in zip(out.prompt_logprobs[1:], ids[1:])])

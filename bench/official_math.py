@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "official_math.json"
-GOLD_FIELD = {"aime24": "answer", "aime25": "answer", "math500": "solution"}  # what each official task grades against
+sys.path.insert(0, str(ROOT))
+from metrics import GOLD_FROM_SOLUTION  # noqa: E402  (what each official task grades against)
 
 
 def variants(answer):
@@ -63,10 +64,10 @@ def main():
     parser.add_argument("--fork", required=True, help="a checkout of github.com/Sheng-J/SSFT")
     extract, compare = official(parser.parse_args().fork)
     records = []
-    for name, gold_field in GOLD_FIELD.items():
+    for name in ("aime24", "aime25", "math500"):
         for n, line in enumerate((DATA / f"{name}.jsonl").read_text().splitlines(), 1):
             row = json.loads(line)
-            gold = str(row[gold_field])
+            gold = str(row["solution" if name in GOLD_FROM_SOLUTION else "answer"])
             texts = variants(str(row["answer"]))
             gold_x, xs = extract(gold), [extract(t) for t in texts]
             records.append({"file": name, "line": n, "same_as_gold": [x == gold_x for x in xs],
