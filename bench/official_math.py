@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "official_math.json"
 sys.path.insert(0, str(ROOT))
-from metrics import GOLD_FROM_SOLUTION  # noqa: E402  (what each official task grades against)
+from metrics import GOLD_FROM_SOLUTION  # noqa: E402
+GOLD_FIELD = {name: "solution" if name in GOLD_FROM_SOLUTION else "answer"  # what each official task grades against
+              for name in ("aime24", "aime25", "math500")}
 
 
 def variants(answer):
@@ -64,10 +66,10 @@ def main():
     parser.add_argument("--fork", required=True, help="a checkout of github.com/Sheng-J/SSFT")
     extract, compare = official(parser.parse_args().fork)
     records = []
-    for name in ("aime24", "aime25", "math500"):
+    for name, gold_field in GOLD_FIELD.items():
         for n, line in enumerate((DATA / f"{name}.jsonl").read_text().splitlines(), 1):
             row = json.loads(line)
-            gold = str(row["solution" if name in GOLD_FROM_SOLUTION else "answer"])
+            gold = str(row[gold_field])
             texts = variants(str(row["answer"]))
             gold_x, xs = extract(gold), [extract(t) for t in texts]
             records.append({"file": name, "line": n, "same_as_gold": [x == gold_x for x in xs],
